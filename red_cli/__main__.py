@@ -1,0 +1,3 @@
+from red_cli.cli import main
+
+main()

@@ -1,0 +1,132 @@
+"""Start-up checks that types cannot express, and the sizes derived from the config.
+
+Every check names the key, the value and what is allowed, so a user's typo costs one line
+of reading, not a traceback from deep inside a library. The config is never written back:
+derived sizes come from :func:`derived_sizes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value that composes but cannot be run; the message names the key."""
+
+
+REDISTRIBUTION_MODES = ("sparse", "td", "abc", "uniform")
+TD_FIRST_TOKEN = ("prompt_baseline", "zero", "absolute")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LR_SCHEDULERS = ("constant", "linear", "cosine")
+SCORE_NORMS = ("none", "batch", "running")
+CRITIC_INITS = ("reward_model", "policy")
+DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+WANDB_MODES = ("offline", "online", "disabled")
+LAUNCHER_BACKENDS = ("torchrun", "deepspeed")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Batch sizes per rank, derived once from the global sizes in ``ppo``."""
+
+    world_size: int
+    rollout_per_rank: int
+    mini_per_rank: int
+    grad_accum: int  # micro batches per optimiser step on one rank
+    mini_batches_per_epoch: int
+
+
+def derived_sizes(ppo: Any, world_size: int) -> Sizes:
+    mini_per_rank = ppo.mini_batch_size // world_size
+    return Sizes(
+        world_size=world_size,
+        rollout_per_rank=ppo.rollout_batch_size // world_size,
+        mini_per_rank=mini_per_rank,
+        grad_accum=max(1, mini_per_rank // ppo.micro_batch_size),
+        mini_batches_per_epoch=ppo.rollout_batch_size // ppo.mini_batch_size,
+    )
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def require(self, ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            self.errors.append(f"{key}={value!r}: {allowed}")
+
+    def choice(self, key: str, value: Any, choices: tuple) -> None:
+        self.require(value in choices, key, value, "must be one of " + ", ".join(choices))
+
+
+def validate_train(cfg: Any, world_size: int | None = None) -> None:
+    """Raise :class:`ConfigError` listing every invalid value of a composed train config."""
+    c = _Collector()
+    world = world_size or cfg.launcher.nproc_per_node * cfg.launcher.nnodes
+
+    red = cfg.redistribution
+    c.choice("redistribution.mode", red.mode, REDISTRIBUTION_MODES)
+    if red.mode == "td":
+        c.choice("redistribution.first_token", red.first_token, TD_FIRST_TOKEN)
+        c.require(0.0 <= red.beta_c <= 1.0, "redistribution.beta_c", red.beta_c, "must be in [0, 1]")
+    if red.mode == "abc":
+        c.require(0.0 <= red.beta <= 1.0, "redistribution.beta", red.beta, "must be in [0, 1]")
+
+    p = cfg.ppo
+    for key in ("iterations", "rollout_batch_size", "mini_batch_size", "micro_batch_size",
+                "ppo_epochs", "max_new_tokens"):
+        c.require(getattr(p, key) >= 1, f"ppo.{key}", getattr(p, key), "must be >= 1")
+    for key in ("learning_rate", "critic_learning_rate", "cliprange", "cliprange_value",
+                "temperature", "kl_horizon", "kl_target"):
+        c.require(getattr(p, key) > 0, f"ppo.{key}", getattr(p, key), "must be > 0")
+    for key in ("weight_decay", "critic_weight_decay", "vf_coef", "ent_coef", "kl_coef",
+                "warmup_iterations", "top_k", "max_grad_norm"):
+        c.require(getattr(p, key) >= 0, f"ppo.{key}", getattr(p, key), "must be >= 0")
+    c.require(0.0 < p.gamma <= 1.0, "ppo.gamma", p.gamma, "must be in (0, 1]")
+    c.require(0.0 <= p.gae_lambda <= 1.0, "ppo.gae_lambda", p.gae_lambda, "must be in [0, 1]")
+    c.require(0.0 < p.top_p <= 1.0, "ppo.top_p", p.top_p, "must be in (0, 1]")
+    c.require(len(p.adam_betas) == 2 and all(0.0 <= b < 1.0 for b in p.adam_betas),
+              "ppo.adam_betas", list(p.adam_betas), "must be two numbers in [0, 1)")
+    c.choice("ppo.kl_estimator", p.kl_estimator, KL_ESTIMATORS)
+    c.choice("ppo.lr_scheduler", p.lr_scheduler, LR_SCHEDULERS)
+    c.choice("ppo.score_norm", p.score_norm, SCORE_NORMS)
+    c.choice("ppo.critic_init", p.critic_init, CRITIC_INITS)
+    c.require(p.score_clip is None or p.score_clip > 0, "ppo.score_clip", p.score_clip,
+              "must be > 0 or null")
+    if p.rollout_batch_size >= 1 and p.mini_batch_size >= 1 and p.micro_batch_size >= 1:
+        c.require(p.rollout_batch_size % world == 0, "ppo.rollout_batch_size", p.rollout_batch_size,
+                  f"must be divisible by the number of ranks ({world})")
+        c.require(p.rollout_batch_size % p.mini_batch_size == 0, "ppo.rollout_batch_size",
+                  p.rollout_batch_size, f"must be divisible by ppo.mini_batch_size ({p.mini_batch_size})")
+        c.require(p.mini_batch_size % (p.micro_batch_size * world) == 0, "ppo.mini_batch_size",
+                  p.mini_batch_size,
+                  f"must be divisible by ppo.micro_batch_size x ranks ({p.micro_batch_size} x {world})")
+
+    c.choice("policy.dtype", cfg.policy.dtype, DTYPES)
+    c.choice("reward_model.dtype", cfg.reward_model.dtype, DTYPES)
+    c.require(cfg.reward_model.max_length >= 2, "reward_model.max_length",
+              cfg.reward_model.max_length, "must be >= 2")
+    c.require(cfg.reward_model.prefix_chunk_size >= 1, "reward_model.prefix_chunk_size",
+              cfg.reward_model.prefix_chunk_size, "must be >= 1")
+    tpl = cfg.reward_model.template
+    c.require("{response}" in tpl, "reward_model.template", tpl, "must contain {response}")
+    c.require(cfg.dataset.max_prompt_length >= 1, "dataset.max_prompt_length",
+              cfg.dataset.max_prompt_length, "must be >= 1")
+
+    c.require(cfg.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage",
+              cfg.deepspeed.zero_stage, "must be one of 0, 1, 2, 3")
+    c.choice("deepspeed.precision", cfg.deepspeed.precision, PRECISIONS)
+    c.choice("logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
+    c.require(cfg.launcher.nproc_per_node >= 1, "launcher.nproc_per_node",
+              cfg.launcher.nproc_per_node, "must be >= 1")
+    c.require(cfg.launcher.nnodes >= 1, "launcher.nnodes", cfg.launcher.nnodes, "must be >= 1")
+    c.choice("launcher.backend", cfg.launcher.backend, LAUNCHER_BACKENDS)
+    c.choice("device", cfg.device, DEVICES)
+    c.require(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "must be >= 1")
+    c.require(cfg.sample_every >= 1, "sample_every", cfg.sample_every, "must be >= 1")
+
+    if c.errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(c.errors))

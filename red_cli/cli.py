@@ -1,0 +1,152 @@
+"""The `red` command: a small dispatcher over Hydra apps, one per verb.
+
+`red <verb> [hydra arguments]` hands everything after the verb to a Hydra app over
+`conf/<verb>.yaml`, so overrides, `--cfg job`, `--help`, `-m` and `hydra.searchpath` work as
+in any Hydra program. Heavy imports (torch, transformers, deepspeed) happen inside the verbs,
+so `red --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+USAGE = """usage: red <verb> [overrides ...] [hydra flags]
+
+red: an RLHF experiment runner for token-level reward redistribution.
+
+verbs:
+{verbs}
+
+Every verb is a Hydra app: `red train --help` lists its config groups, `red train --cfg job`
+prints the composed config, `red train -m redistribution=sparse,td seed=0,1` sweeps.
+"""
+
+
+def conf_dir() -> Path:
+    """The config tree: $RED_CONF_DIR, else `conf/` beside the package (an editable install)."""
+    env = os.environ.get("RED_CONF_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+    if not (path / "train.yaml").is_file():
+        raise SystemExit(
+            f"red: no config tree at {path} (expected train.yaml there). Install red from its "
+            "repository with `pip install -e .`, or point RED_CONF_DIR at a copy of conf/."
+        )
+    return path
+
+
+def _slug(override_dirname: str) -> str:
+    """`_a=1,b=x` for a run directory name: no path separators, bounded length."""
+    if not override_dirname:
+        return ""
+    text = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", override_dirname)
+    return "_" + text[:80]
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("red_slug"):
+        OmegaConf.register_new_resolver("red_slug", _slug)
+
+
+def fail(verb: str, message: str, run_dir: str | os.PathLike | None = None) -> None:
+    """Exit with one clear message; remove the run directory Hydra made if nothing is in it."""
+    if run_dir is not None:
+        remove_if_empty(Path(run_dir))
+    sys.stderr.write(f"red {verb}: {message}\n")
+    raise SystemExit(2)
+
+
+def remove_if_empty(path: Path) -> None:
+    """Remove an empty run directory and its empty parents up to the outputs root."""
+    path = path.resolve()
+    while path.is_dir() and not any(path.iterdir()):
+        parent = path.parent
+        shutil.rmtree(path)
+        if parent.name in ("outputs", "multirun") or parent == parent.parent:
+            break
+        path = parent
+
+
+def _train(cfg) -> None:
+    from red_cli.verbs import train_verb
+
+    train_verb(cfg)
+
+
+def _toy(cfg) -> None:
+    from red_cli.verbs import toy_verb
+
+    toy_verb(cfg)
+
+
+# verb -> (config name, task function, one-line help)
+VERBS: dict[str, tuple[str, Callable, str]] = {
+    "train": ("train", _train, "run PPO with per-token rewards (sparse, td, abc, uniform) under DeepSpeed"),
+    "toy": ("toy", _toy, "build (or load from cache) the embedded toy task and print its summary"),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    return USAGE.format(verbs="\n".join(f"  {v.ljust(width)}  {h}" for v, (_, _, h) in VERBS.items()))
+
+
+def _show_sweep_configs(verb: str, args: list[str]) -> None:
+    """`-m ... --cfg job`: Hydra refuses the pair; print every job's composed config instead."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    flags = {"-m", "--multirun", "-c", "--cfg", "job", "hydra", "all", "-p", "--package"}
+    overrides = [a for a in args if a not in flags]
+    which = args[args.index("-c" if "-c" in args else "--cfg") + 1]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
+        for num, job in enumerate(jobs):
+            cfg = compose(VERBS[verb][0], overrides=job, return_hydra_config=which != "job")
+            if which == "hydra":
+                cfg = cfg.hydra
+            elif which == "job" and "hydra" in cfg:
+                del cfg["hydra"]
+            sys.stdout.write(f"# job {num}: {' '.join(job)}\n{OmegaConf.to_yaml(cfg)}\n")
+
+
+def run_verb(verb: str, args: list[str]) -> None:
+    import hydra
+
+    from red_cli.config import register_configs
+
+    config_name, task, _ = VERBS[verb]
+    _register_resolvers()
+    register_configs()
+    if {"-m", "--multirun"} & set(args) and {"-c", "--cfg"} & set(args):
+        _show_sweep_configs(verb, args)
+        return
+    # Hydra reads sys.argv; the program name shows in its --help.
+    sys.argv = [f"red {verb}", *args]
+    app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
+    app()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_usage())
+        return
+    verb, args = argv[0], argv[1:]
+    if verb not in VERBS:
+        sys.stderr.write(f"red: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}\n")
+        raise SystemExit(2)
+    run_verb(verb, args)
+
+
+if __name__ == "__main__":
+    main()

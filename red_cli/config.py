@@ -1,0 +1,211 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+Each YAML file under ``conf/`` is merged into one of these dataclasses, so a misspelt key
+or a value of the wrong type fails when Hydra composes the config, with Hydra's own message
+naming the key. Checks that types cannot express (ranges, divisibility) live in
+``red_cli/checks.py`` and run once at start-up. No logic here.
+
+Each redistribution mode has a schema of its own (``conf/redistribution/<mode>.yaml``
+extends ``schema/redistribution/<mode>``), so ``redistribution.beta`` is a typo under td and a knob under abc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from red_cli.toy.settings import ToyConfig
+
+
+@dataclass
+class PolicyConfig:
+    name: str = MISSING
+    # A hub id, a local folder, or `toy:policy` (the embedded task, built on first use).
+    path: str = MISSING
+    # Tokenizer to use when it is not stored with the model (None: same as path).
+    tokenizer: str | None = None
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    # Applies the tokenizer's chat template to each prompt before generation.
+    use_chat_template: bool = False
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class RewardModelConfig:
+    name: str = MISSING
+    path: str = MISSING
+    tokenizer: str | None = None
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    # What the reward model reads; `{prompt}` and `{response}` are filled in.
+    template: str = "{prompt}{response}"
+    # Applies the RM tokenizer's chat template (prompt as user, response as assistant).
+    use_chat_template: bool = False
+    max_length: int = 512
+    # Encoders (bidirectional) need one forward per prefix for td; false refuses instead.
+    allow_prefix_passes: bool = True
+    prefix_chunk_size: int = 64
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    # A hub dataset name, a local file (.jsonl/.json/.csv/.parquet), or `toy:prompts_train`.
+    path: str = MISSING
+    split: str = "train"
+    eval_path: str | None = None
+    eval_split: str = "test"
+    prompt_column: str = "prompt"
+    # Prompts longer than this many policy tokens are dropped, never silently cut.
+    max_prompt_length: int = 64
+    # Cap on prompts loaded (None: all).
+    max_prompts: int | None = None
+
+
+@dataclass
+class RedistributionBase:
+    mode: str = MISSING
+
+
+@dataclass
+class SparseConfig(RedistributionBase):
+    mode: str = "sparse"
+
+
+@dataclass
+class UniformConfig(RedistributionBase):
+    mode: str = "uniform"
+
+
+@dataclass
+class TDConfig(RedistributionBase):
+    mode: str = "td"
+    # prompt_baseline | zero | absolute (PAPERS.md, RED section).
+    first_token: str = "prompt_baseline"
+    beta_c: float = 1.0
+
+
+@dataclass
+class ABCConfig(RedistributionBase):
+    mode: str = "abc"
+    beta: float = 0.8
+
+
+@dataclass
+class PPOConfig:
+    iterations: int = 60
+    # Prompts per iteration summed over ranks; mini batch: samples per optimiser step,
+    # summed over ranks; micro batch: samples per forward on one rank.
+    rollout_batch_size: int = 64
+    mini_batch_size: int = 32
+    micro_batch_size: int = 16
+    ppo_epochs: int = 4
+    # Sampling.
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # Optimisation.
+    learning_rate: float = 1e-5
+    critic_learning_rate: float = 5e-6
+    weight_decay: float = 0.0
+    critic_weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    lr_scheduler: str = "constant"  # constant | linear | cosine
+    warmup_iterations: int = 0
+    max_grad_norm: float = 1.0
+    # PPO.
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    ent_coef: float = 0.0
+    whiten_advantages: bool = True
+    # KL: per-token estimator inside the reward; adaptive controller (Ziegler et al.) or fixed.
+    kl_coef: float = 0.05
+    kl_estimator: str = "k1"  # k1 | k2 | k3
+    adaptive_kl: bool = False
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    # Sequence score shaping, always before redistribution (never per token).
+    score_norm: str = "none"  # none | batch | running
+    score_clip: float | None = None
+    # Score given instead of the RM's when a response stops without EOS (None: keep the RM's).
+    missing_eos_penalty: float | None = None
+    # reward_model | policy
+    critic_init: str = "reward_model"
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+
+
+@dataclass
+class LoggerConfig:
+    wandb_mode: str = "offline"  # offline | online | disabled
+    project: str = "red"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+    progress_bar: bool = True
+
+
+@dataclass
+class LauncherConfig:
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    # None: a free port is picked.
+    master_port: int | None = None
+    hostfile: str | None = None
+    backend: str = "torchrun"  # torchrun | deepspeed
+
+
+@dataclass
+class TrainConfig:
+    policy: PolicyConfig = MISSING
+    reward_model: RewardModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    redistribution: Any = MISSING
+    ppo: PPOConfig = MISSING
+    deepspeed: DeepSpeedConfig = MISSING
+    logger: LoggerConfig = MISSING
+    launcher: LauncherConfig = MISSING
+    toy: ToyConfig = field(default_factory=ToyConfig)
+    experiment: str | None = None
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    # A run directory to continue from its last checkpoint.
+    resume: str | None = None
+    checkpoint_every: int = 10
+    sample_every: int = 10
+    # Where the run writes; filled from Hydra's run/sweep directory.
+    output_dir: str = MISSING
+
+
+@dataclass
+class ToyVerbConfig:
+    toy: ToyConfig = field(default_factory=ToyConfig)
+    json: bool = False
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="toy_verb_schema", node=ToyVerbConfig)
+    for name, node in (
+        ("sparse", SparseConfig),
+        ("uniform", UniformConfig),
+        ("td", TDConfig),
+        ("abc", ABCConfig),
+    ):
+        cs.store(group="schema/redistribution", name=name, node=node)

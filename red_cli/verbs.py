@@ -1,0 +1,63 @@
+"""What each `red` verb does once Hydra has composed its config.
+
+Checks first, then the run directory, then the work: a config error leaves no directory
+behind, and a run directory says in `run.json` whether it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from red_cli.checks import ConfigError, validate_train
+from red_cli.cli import fail, remove_if_empty
+
+log = logging.getLogger("red")
+
+
+def train_verb(cfg: DictConfig) -> None:
+    run_dir = Path(cfg.output_dir)
+    try:
+        validate_train(cfg)
+    except ConfigError as err:
+        fail("train", str(err), run_dir)
+
+    from red_cli import distributed, rundir
+
+    if cfg.resume:
+        resume_dir = Path(cfg.resume)
+        problem = rundir.resumable_problem(resume_dir)
+        if problem:
+            fail("train", f"resume={cfg.resume}: {problem}", run_dir)
+        remove_if_empty(run_dir)
+        run_dir = resume_dir
+        frozen = OmegaConf.load(run_dir / "config.yaml")
+        log.info("resuming %s from its last checkpoint", run_dir)
+    else:
+        frozen = rundir.freeze(cfg)
+        rundir.create(run_dir, frozen)
+
+    world = frozen.launcher.nproc_per_node * frozen.launcher.nnodes
+    if world > 1:
+        distributed.launch_ranks(run_dir, frozen.launcher, resume=bool(cfg.resume))
+    else:
+        from red_cli.train_ppo import train
+
+        rundir.run_guarded(run_dir, lambda: train(frozen, run_dir, resume=bool(cfg.resume)))
+
+
+def toy_verb(cfg: DictConfig) -> None:
+    from red_cli.toy.build import ensure_toy, format_summary
+    from red_cli.toy.settings import ToyConfig
+
+    toy_cfg = OmegaConf.to_object(cfg.toy) if OmegaConf.is_config(cfg.toy) else cfg.toy
+    if not isinstance(toy_cfg, ToyConfig):
+        toy_cfg = ToyConfig(**toy_cfg)
+    artifacts = ensure_toy(toy_cfg, progress=not cfg.json)
+    if cfg.json:
+        print(json.dumps(artifacts.summary, indent=2, default=str))
+    else:
+        print(format_summary(artifacts.summary))
