@@ -69,10 +69,13 @@ def read_status(run_dir: Path) -> str | None:
         return None
 
 
-def create(run_dir: Path, frozen: DictConfig) -> None:
+def create(run_dir: Path, frozen: DictConfig, overrides: list[str]) -> None:
+    """Write config.yaml, environment.txt and run.json (with the command-line overrides,
+    which `red report` groups runs by)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(frozen, run_dir / "config.yaml")
     (run_dir / "environment.txt").write_text(environment_text())
+    (run_dir / "overrides.json").write_text(json.dumps(list(overrides)) + "\n")
     write_status(run_dir, "running")
 
 
@@ -87,6 +90,11 @@ def resumable_problem(run_dir: Path) -> str | None:
     if not (run_dir / "checkpoints" / "latest").exists():
         return "no checkpoint to resume from (checkpoints/latest is missing)"
     return None
+
+
+def read_overrides(run_dir: Path) -> list[str]:
+    path = run_dir / "overrides.json"
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def run_guarded(run_dir: Path, work: Callable[[], object]) -> None:

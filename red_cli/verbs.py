@@ -25,7 +25,10 @@ def train_verb(cfg: DictConfig) -> None:
     except ConfigError as err:
         fail("train", str(err), run_dir)
 
-    from red_cli import distributed, rundir
+    from red_cli import distributed
+
+    distributed.prepare_env(cfg.device)
+    from red_cli import rundir
 
     if cfg.resume:
         resume_dir = Path(cfg.resume)
@@ -37,8 +40,10 @@ def train_verb(cfg: DictConfig) -> None:
         frozen = OmegaConf.load(run_dir / "config.yaml")
         log.info("resuming %s from its last checkpoint", run_dir)
     else:
+        from hydra.core.hydra_config import HydraConfig
+
         frozen = rundir.freeze(cfg)
-        rundir.create(run_dir, frozen)
+        rundir.create(run_dir, frozen, list(HydraConfig.get().overrides.task))
 
     world = frozen.launcher.nproc_per_node * frozen.launcher.nnodes
     if world > 1:

@@ -1,0 +1,299 @@
+"""DeepSpeed glue: process setup, engine config, rank launch, reductions, checkpoint I/O.
+
+One process runs in-process as a DeepSpeed world of size 1 (CPU: gloo). Several ranks are
+started by :func:`launch_ranks` on the config frozen in the run directory, so no rank
+re-resolves `${now:...}` or makes a run directory of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("red")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or auto")
+    return device
+
+
+def prepare_env(device: str) -> str:
+    """Call before anything imports deepspeed: it picks its accelerator at import time."""
+    kind = pick_device(device)
+    if kind == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return kind
+
+
+def quiet_libraries() -> None:
+    """Per-file download/loading bars of transformers and datasets drown the training bar."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def setup(device: str) -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed; a lone process becomes a world of one."""
+    kind = prepare_env(device)
+    quiet_libraries()
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if kind == "cpu" else "nccl", verbose=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    return DistInfo(rank, local_rank, world, dev)
+
+
+def teardown() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def ds_config(*, micro_batch: int, grad_accum: int, max_grad_norm: float, zero_stage: int,
+              offload_optimizer: bool, offload_param: bool, precision: str) -> dict:
+    """The DeepSpeed config dict for one trained model (policy or critic)."""
+    zero: dict = {"stage": zero_stage}
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if offload_param and zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if zero_stage == 3:
+        # Generation walks the layers token by token; gather once per rollout instead.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    cfg = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    return cfg
+
+
+def lr_lambda(kind: str, warmup: int, total: int):
+    """Learning-rate multiplier per optimiser step: linear warmup, then constant/linear/cosine."""
+    import math
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def init_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, betas,
+                scheduler: str, warmup_steps: int, total_steps: int, config: dict):
+    """A DeepSpeed engine around ``model`` with a torch AdamW (no op compilation on CPU)."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(scheduler, warmup_steps, total_steps))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
+                                      config=config, dist_init_required=False)
+    return engine
+
+
+def all_reduce_mean(values: dict[str, float], world_size: int) -> dict[str, float]:
+    """Mean of each scalar over ranks (one collective for the whole dict)."""
+    if world_size == 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return {k: (t[i] / world_size).item() for i, k in enumerate(keys)}
+
+
+def gather_objects(obj, world_size: int) -> list:
+    if world_size == 1:
+        return [obj]
+    out = [None] * world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
+def parameter_checksum(engine) -> float:
+    """A float64 sum of |w| and w over this rank's full parameters (gathered under ZeRO-3)."""
+    total = 0.0
+    for param in engine.module.parameters():
+        if hasattr(param, "ds_tensor"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param]):
+                data = param.data.double()
+                total += (data.abs().sum() + data.sum()).item()
+        else:
+            data = param.data.double()
+            total += (data.abs().sum() + data.sum()).item()
+    return total
+
+
+def check_ranks_in_sync(engines: dict, dist: DistInfo) -> dict[str, list[float]]:
+    """Every rank's parameter checksum per engine; raises if the ranks disagree."""
+    sums = {name: gather_objects(parameter_checksum(e), dist.world_size) for name, e in engines.items()}
+    for name, values in sums.items():
+        if max(values) - min(values) > 1e-9 * max(1.0, abs(values[0])):
+            raise RuntimeError(f"ranks hold different {name} parameters at the end: {values}")
+    return sums
+
+
+# ---------------------------------------------------------------- seeds and RNG state
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_checkpoint(ckpt_root: Path, iteration: int, engines: dict, trainer_state: dict,
+                    dist: DistInfo, keep: int = 2) -> Path:
+    """Write engines + trainer state + every rank's RNG into ``iter_N`` atomically.
+
+    Everything goes to ``iter_N.tmp`` first; rank 0 renames it and then rewrites the
+    ``latest`` pointer (temp file then rename), so a kill at any moment leaves either the old
+    or the new checkpoint as ``latest``, never a half-written one.
+    """
+    final = ckpt_root / f"iter_{iteration}"
+    tmp = ckpt_root / f"iter_{iteration}.tmp"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(dist.world_size)
+    for name, engine in engines.items():
+        engine.save_checkpoint(str(tmp), tag=name, save_latest=False)
+    torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
+    if dist.is_main:
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    barrier(dist.world_size)
+    if dist.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        pointer = ckpt_root / "latest.tmp"
+        pointer.write_text(final.name + "\n")
+        pointer.replace(ckpt_root / "latest")
+        old = sorted((p for p in ckpt_root.glob("iter_*") if p.is_dir() and p.suffix != ".tmp"),
+                     key=lambda p: int(p.name.split("_")[1]))
+        for stale in old[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier(dist.world_size)
+    return final
+
+
+def load_checkpoint(ckpt_root: Path, engines: dict, dist: DistInfo) -> dict:
+    """Restore engines (weights, optimiser, scheduler) and this rank's RNG; return trainer state."""
+    tag_dir = ckpt_root / (ckpt_root / "latest").read_text().strip()
+    for name, engine in engines.items():
+        path, _ = engine.load_checkpoint(str(tag_dir), tag=name)
+        if path is None:
+            raise RuntimeError(f"could not load the {name} checkpoint from {tag_dir}")
+    rng_file = tag_dir / f"rng_rank{dist.rank}.pt"
+    if not rng_file.exists():
+        raise RuntimeError(f"{rng_file} is missing: was the run saved with a different number of ranks?")
+    state = torch.load(tag_dir / "trainer_state.pt", weights_only=False)
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return state
+
+
+# ---------------------------------------------------------------- launching ranks
+
+def launch_ranks(run_dir: Path, launcher, resume: bool = False) -> None:
+    """Start ``nproc_per_node`` ranks of `red_cli.worker` on the frozen ``run_dir/config.yaml``."""
+    port = launcher.master_port or free_port()
+    worker_args = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    if launcher.backend == "deepspeed":
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--no_local_rank",
+               "--master_port", str(port), "--master_addr", launcher.master_addr]
+        if launcher.hostfile:
+            cmd += ["--hostfile", launcher.hostfile, "--num_nodes", str(launcher.nnodes)]
+        cmd += ["--num_gpus", str(launcher.nproc_per_node), "--module", "red_cli.worker", *worker_args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run",
+               f"--nproc_per_node={launcher.nproc_per_node}", f"--nnodes={launcher.nnodes}",
+               f"--node_rank={launcher.node_rank}", f"--master_addr={launcher.master_addr}",
+               f"--master_port={port}", "-m", "red_cli.worker", *worker_args]
+    log.info("launching %d ranks: %s", launcher.nproc_per_node * launcher.nnodes, " ".join(cmd))
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launcher.nproc_per_node)))
+    proc = subprocess.run(cmd, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"red train: the ranks exited with status {proc.returncode}; "
+                         f"see the log above and {run_dir}/run.json")

@@ -1,0 +1,105 @@
+"""Metric sinks: metrics.jsonl (the source of truth), wandb (offline by default), a console bar.
+
+Only rank 0 writes. Names follow DESIGN.md: `objective/*`, `ppo/*`, `rewards/*`, `time/*`,
+`throughput/*`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("red")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger:
+    """Append one JSON line per iteration; mirror to wandb and a tqdm bar."""
+
+    def __init__(self, run_dir: Path, config: dict, *, enabled: bool, wandb_mode: str,
+                 project: str, entity: str | None, tags: list[str], progress_bar: bool,
+                 total: int, start: int = 0):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self._wandb = None
+        self._bar = None
+        if not enabled:
+            return
+        # A resumed run forgets iterations logged after its last checkpoint: they are redone.
+        kept = [m for m in read_metrics(self.path) if m["iteration"] < start]
+        self.path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        if wandb_mode != "disabled":
+            self._wandb = self._start_wandb(run_dir, config, wandb_mode, project, entity, tags)
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=start, desc="ppo", unit="it", dynamic_ncols=True)
+
+    @staticmethod
+    def _start_wandb(run_dir, config, mode, project, entity, tags):
+        import wandb
+
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id + "\n")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        return wandb.init(project=project, entity=entity, tags=list(tags), config=config,
+                          dir=str(run_dir), mode=mode, id=run_id, resume="allow",
+                          name=run_dir.name, settings=wandb.Settings(console="off"))
+
+    def log(self, iteration: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"iteration": iteration, **{k: float(v) for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(values, step=iteration)
+        if self._bar is not None:
+            post = {"score": values.get("objective/score"), "kl": values.get("objective/kl"),
+                    "gold": values.get("objective/gold")}
+            self._bar.set_postfix({k: f"{v:.3f}" for k, v in post.items() if v is not None})
+            self._bar.update(1)
+        else:
+            shown = ("objective/score", "objective/kl", "objective/gold", "ppo/loss/policy")
+            log.info("iter %d  %s", iteration,
+                     "  ".join(f"{k.split('/')[-1]}={values[k]:.4f}" for k in shown if k in values))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def plot_curves(metrics: list[dict], path: Path, title: str = "") -> None:
+    """score, gold, KL and losses against iteration, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("objective/score", "RM score"), ("objective/gold", "gold score"),
+              ("objective/kl", "KL (sum over tokens)"), ("ppo/loss/policy", "policy loss"),
+              ("ppo/loss/value", "value loss")]
+    panels = [(k, t) for k, t in panels if any(k in m for m in metrics)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        xs = [m["iteration"] for m in metrics if key in m]
+        ax.plot(xs, [m[key] for m in metrics if key in m], lw=1.5)
+        ax.set_title(label)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,102 @@
+"""Generate responses and run the no-grad forwards of a rollout. No optimiser here.
+
+Every forward over a left-padded [query | response] sequence passes position ids computed
+from the attention mask, so the logprobs are those of the distribution `generate` sampled
+from (HF's generate does the same for left-padded prompts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from red_cli.models import position_ids_from_mask
+from red_cli.rlhf.masking import truncate_after_eos
+from red_cli.rlhf.ppo import entropy_from_logits, gather_logprobs
+
+
+@dataclass
+class Rollout:
+    """One rank's share of an iteration. P: padded prompt length, T: response length."""
+
+    prompts: list[str]
+    responses: list[str]
+    query_ids: torch.Tensor  # [b, P] left-padded
+    query_mask: torch.Tensor  # [b, P] bool
+    response_ids: torch.Tensor  # [b, T] padded after EOS
+    response_mask: torch.Tensor  # [b, T] bool, True through EOS
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    def select(self, idx: torch.Tensor) -> Rollout:
+        ids = idx.tolist()
+        return Rollout([self.prompts[i] for i in ids], [self.responses[i] for i in ids],
+                       self.query_ids[idx], self.query_mask[idx], self.response_ids[idx],
+                       self.response_mask[idx])
+
+
+@torch.no_grad()
+def generate(policy: nn.Module, tokenizer, prompts: list[str], query_ids: torch.Tensor,
+             query_mask: torch.Tensor, *, max_new_tokens: int, temperature: float, top_k: int,
+             top_p: float) -> Rollout:
+    was_training = policy.training
+    policy.eval()
+    out = policy.generate(
+        input_ids=query_ids, attention_mask=query_mask.long(), do_sample=True,
+        temperature=temperature, top_k=top_k or None, top_p=top_p, max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    policy.train(was_training)
+    response_ids, response_mask = truncate_after_eos(
+        out[:, query_ids.shape[1]:], tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    responses = tokenizer.batch_decode(response_ids.masked_fill(~response_mask, tokenizer.pad_token_id),
+                                       skip_special_tokens=True)
+    return Rollout(list(prompts), responses, query_ids, query_mask, response_ids, response_mask)
+
+
+def response_logits(policy: nn.Module, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """Logits [b, T, V] that predicted each response token, divided by the sampling temperature."""
+    mask = rollout.attention_mask
+    logits = policy(input_ids=rollout.input_ids, attention_mask=mask.long(),
+                    position_ids=position_ids_from_mask(mask), use_cache=False).logits
+    start = rollout.query_ids.shape[1] - 1
+    return logits[:, start:start + rollout.response_ids.shape[1]].float() / temperature
+
+
+def response_values(critic: nn.Module, rollout: Rollout) -> torch.Tensor:
+    """V(state before response token t), [b, T]."""
+    values = critic(rollout.input_ids, rollout.attention_mask.long())
+    start = rollout.query_ids.shape[1] - 1
+    return values[:, start:start + rollout.response_ids.shape[1]]
+
+
+@torch.no_grad()
+def logprobs_of(policy: nn.Module, rollout: Rollout, temperature: float, micro_batch: int,
+                with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprobs (and entropies) of the sampled tokens, [b, T], in micro batches."""
+    lps, ents = [], []
+    for start in range(0, len(rollout.prompts), micro_batch):
+        part = rollout.select(torch.arange(start, min(start + micro_batch, len(rollout.prompts))))
+        logits = response_logits(policy, part, temperature)
+        lps.append(gather_logprobs(logits, part.response_ids))
+        if with_entropy:
+            ents.append(entropy_from_logits(logits))
+    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+
+@torch.no_grad()
+def values_of(critic: nn.Module, rollout: Rollout, micro_batch: int) -> torch.Tensor:
+    parts = []
+    for start in range(0, len(rollout.prompts), micro_batch):
+        part = rollout.select(torch.arange(start, min(start + micro_batch, len(rollout.prompts))))
+        parts.append(response_values(critic, part))
+    return torch.cat(parts)

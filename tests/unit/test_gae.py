@@ -1,0 +1,109 @@
+"""GAE: hand-worked values, a per-row plain-loop twin, and the discount warning."""
+
+import pytest
+import torch
+
+from red_cli.rlhf.gae import DENSE_MODES, compute_gae, dense_reward_gamma_warning
+from red_cli.rlhf.redistribution import REDISTRIBUTORS
+
+SHAPES = [(8, 1), (8, 5), (8, 12)]
+
+
+def random_masks(b: int, T: int, generator: torch.Generator) -> torch.Tensor:
+    """Contiguous [b, T] masks: row 0 all False, row 1 all True, row 2 left-aligned with
+    padding at the end, row 3 starting later; the rest random (start 0 half the time)."""
+    positions = torch.arange(T)
+    start = torch.randint(0, T + 1, (b,), generator=generator)
+    start = torch.where(torch.rand(b, generator=generator) < 0.5, 0, start)
+    length = torch.randint(0, T + 1, (b,), generator=generator)
+    start[:4] = torch.tensor([0, 0, 0, min(1, T - 1)])
+    length[:4] = torch.tensor([0, T, max(T - 1, 1), T])
+    return (positions >= start[:, None]) & (positions < (start + length)[:, None])
+
+
+def loop_gae(rewards, values, mask, gamma, lam):
+    """Per row: walk the real tokens backwards; the state after the last one is terminal."""
+    advantages, returns = [], []
+    for rs, vs, ms in zip(rewards.tolist(), values.tolist(), mask.tolist()):
+        real = [t for t, m in enumerate(ms) if m]
+        adv = [0.0] * len(ms)
+        ret = [0.0] * len(ms)
+        next_value, next_adv = 0.0, 0.0
+        for t in reversed(real):
+            delta = rs[t] + gamma * next_value - vs[t]
+            adv[t] = delta + gamma * lam * next_adv
+            ret[t] = adv[t] + vs[t]
+            next_value, next_adv = vs[t], adv[t]
+        advantages.append(adv)
+        returns.append(ret)
+    return torch.tensor(advantages, dtype=torch.float64), torch.tensor(returns, dtype=torch.float64)
+
+
+def test_gae_by_hand():
+    # r = [0, 1], V = [0.5, 0.6], gamma 0.9, lambda 0.95:
+    # t=1: delta = 1 + 0.9 * 0 (terminal) - 0.6 = 0.4; A = 0.4; R = 1.0
+    # t=0: delta = 0 + 0.9 * 0.6 - 0.5 = 0.04; A = 0.04 + 0.9 * 0.95 * 0.4 = 0.382; R = 0.882
+    rewards = torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+    values = torch.tensor([[0.5, 0.6]], dtype=torch.float64)
+    out = compute_gae(rewards, values, torch.ones(1, 2, dtype=torch.bool), 0.9, 0.95)
+    torch.testing.assert_close(out.advantages, torch.tensor([[0.382, 0.4]]).double())
+    torch.testing.assert_close(out.returns, torch.tensor([[0.882, 1.0]]).double())
+
+
+def test_padding_is_terminal_and_zero():
+    # Same episode as above, padded at the end and, in row 1, shifted to start at index 1.
+    # The padding values (100) and rewards (50) must change nothing: V after the last real
+    # token counts as 0.
+    rewards = torch.tensor([[0.0, 1.0, 50.0], [50.0, 0.0, 1.0]], dtype=torch.float64)
+    values = torch.tensor([[0.5, 0.6, 100.0], [100.0, 0.5, 0.6]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    out = compute_gae(rewards, values, mask, 0.9, 0.95)
+    torch.testing.assert_close(
+        out.advantages, torch.tensor([[0.382, 0.4, 0.0], [0.0, 0.382, 0.4]]).double()
+    )
+    torch.testing.assert_close(
+        out.returns, torch.tensor([[0.882, 1.0, 0.0], [0.0, 0.882, 1.0]]).double()
+    )
+
+
+def test_gamma_one_lambda_one_returns_are_reward_to_go():
+    # With gamma = lambda = 1 the values telescope away: R_t = sum_{s >= t} r_s.
+    # r = [1, -2, 3] -> [2, 1, 3], whatever the values.
+    rewards = torch.tensor([[1.0, -2.0, 3.0]], dtype=torch.float64)
+    values = torch.tensor([[7.0, -4.0, 0.25]], dtype=torch.float64)
+    out = compute_gae(rewards, values, torch.ones(1, 3, dtype=torch.bool), 1.0, 1.0)
+    torch.testing.assert_close(out.returns, torch.tensor([[2.0, 1.0, 3.0]]).double())
+
+
+def test_lambda_zero_is_one_step_td():
+    # A_t = r_t + gamma V_{t+1} - V_t: 1 + 0.5 * 2 - 1 = 1, then -1 + 0 - 2 = -3.
+    rewards = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    values = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    out = compute_gae(rewards, values, torch.ones(1, 2, dtype=torch.bool), 0.5, 0.0)
+    torch.testing.assert_close(out.advantages, torch.tensor([[1.0, -3.0]]).double())
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("gamma", "lam"), [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0)])
+def test_gae_matches_loop_twin(shape, gamma, lam):
+    g = torch.Generator().manual_seed(shape[1])
+    mask = random_masks(*shape, g)
+    rewards = torch.randn(shape, generator=g, dtype=torch.float64)
+    values = torch.randn(shape, generator=g, dtype=torch.float64)
+    # NaN on padding must not leak (it would in a product-with-mask implementation).
+    rewards = torch.where(mask, rewards, torch.nan)
+    values = torch.where(mask, values, torch.nan)
+    out = compute_gae(rewards, values, mask, gamma, lam)
+    expected_advantages, expected_returns = loop_gae(rewards, values, mask, gamma, lam)
+    torch.testing.assert_close(out.advantages, expected_advantages)
+    torch.testing.assert_close(out.returns, expected_returns)
+
+
+def test_dense_reward_gamma_warning():
+    warning = dense_reward_gamma_warning("td", 0.99)
+    assert warning is not None and "td" in warning and "\n" not in warning
+    assert dense_reward_gamma_warning("abc", 0.9) is not None
+    assert dense_reward_gamma_warning("td", 1.0) is None
+    assert dense_reward_gamma_warning("sparse", 0.9) is None
+    # Every mode but sparse is dense: a new mode must be classified here.
+    assert DENSE_MODES | {"sparse"} == set(REDISTRIBUTORS)
