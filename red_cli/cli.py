@@ -85,11 +85,77 @@ def _toy(cfg) -> None:
     toy_verb(cfg)
 
 
+def _eval(cfg) -> None:
+    from red_cli.verbs_eval import eval_verb
+
+    eval_verb(cfg)
+
+
+def _report(cfg) -> None:
+    from red_cli.verbs_eval import report_verb
+
+    report_verb(cfg)
+
+
+def _explain(cfg) -> None:
+    from red_cli.verbs_eval import explain_verb
+
+    explain_verb(cfg)
+
+
 # verb -> (config name, task function, one-line help)
 VERBS: dict[str, tuple[str, Callable, str]] = {
     "train": ("train", _train, "run PPO with per-token rewards (sparse, td, abc, uniform) under DeepSpeed"),
+    "eval": ("eval", _eval, "win rate of a run vs a baseline (gold / reward_model / llm judge) with a bootstrap CI"),
+    "report": ("report", _report, "table and learning curves of a sweep, runs grouped by overrides minus seed"),
+    "explain": ("explain", _explain, "pictures of per-token credit under sparse / td / abc for a few samples"),
     "toy": ("toy", _toy, "build (or load from cache) the embedded toy task and print its summary"),
 }
+
+# Verbs that take directories as bare arguments: `red report DIR ...` -> runs=[...],
+# `red eval DIR` / `red explain DIR` -> run=...
+_POSITIONAL_KEY = {"report": "runs", "eval": "run", "explain": "run"}
+# Keys whose values are paths: quoted for Hydra when they hold its special characters.
+_PATH_KEYS = ("run", "baseline", "output_dir")
+# Hydra flags followed by a value that is not an override.
+_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
+                "-cd", "--config-dir", "--experimental-rerun"}
+_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def _hydra_quote(text: str) -> str:
+    """A string as a Hydra quoted value: no sweep on commas, no interpolation on `${`."""
+    # Hydra reads backslashes literally except before a quote or the closing quote.
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("${", "\\${") + "'"
+
+
+def _path_arguments(verb: str, args: list[str]) -> list[str]:
+    """Bare directory arguments -> one override; path values -> quoted (run dirs hold `=`, `,`)."""
+    key = _POSITIONAL_KEY[verb]
+    out, paths, skip = [], [], False
+    for k, arg in enumerate(args):
+        if skip or arg.startswith("-") or (args[k - 1:k] == ["--info"] and arg in _INFO_CHOICES):
+            skip = arg in _VALUE_FLAGS
+            out.append(arg)
+            continue
+        name, eq, value = arg.partition("=")
+        if not eq or os.path.exists(arg):
+            paths.append(arg)
+        elif name in _PATH_KEYS and value and value[0] not in "'\"" and re.search(r"[,=${}\[\]' ]", value):
+            out.append(f"{name}={_hydra_quote(value)}")
+        else:
+            out.append(arg)
+    if not paths:
+        return out
+    if key == "runs":
+        return [*out, "runs=[" + ",".join(_hydra_quote(p) for p in paths) + "]"]
+    if len(paths) > 1:
+        sys.stderr.write(f"red {verb}: one run or model path expected, got {len(paths)}: "
+                         + ", ".join(paths) + "\n")
+        raise SystemExit(2)
+    return [*out, f"run={_hydra_quote(paths[0])}"]
 
 
 def _usage() -> str:
@@ -145,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     if verb not in VERBS:
         sys.stderr.write(f"red: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}\n")
         raise SystemExit(2)
+    if verb in _POSITIONAL_KEY:
+        args = _path_arguments(verb, args)
     run_verb(verb, args)
 
 

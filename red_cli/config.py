@@ -202,6 +202,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="toy_verb_schema", node=ToyVerbConfig)
+    from red_cli.config_eval import register_eval_configs
+
+    register_eval_configs()
     for name, node in (
         ("sparse", SparseConfig),
         ("uniform", UniformConfig),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 
 log = logging.getLogger("red")
@@ -25,7 +26,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, config: dict, *, enabled: bool, wandb_mode: str,
                  project: str, entity: str | None, tags: list[str], progress_bar: bool,
-                 total: int, start: int = 0):
+                 total: int, start: int = 0, group: str | None = None):
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self._wandb = None
@@ -36,22 +37,23 @@ class MetricsLogger:
         kept = [m for m in read_metrics(self.path) if m["iteration"] < start]
         self.path.write_text("".join(json.dumps(m) + "\n" for m in kept))
         if wandb_mode != "disabled":
-            self._wandb = self._start_wandb(run_dir, config, wandb_mode, project, entity, tags)
+            self._wandb = self._start_wandb(run_dir, config, wandb_mode, project, entity, tags,
+                                            group)
         if progress_bar:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, initial=start, desc="ppo", unit="it", dynamic_ncols=True)
 
     @staticmethod
-    def _start_wandb(run_dir, config, mode, project, entity, tags):
+    def _start_wandb(run_dir, config, mode, project, entity, tags, group):
         import wandb
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id + "\n")
         os.environ.setdefault("WANDB_SILENT", "true")
         return wandb.init(project=project, entity=entity, tags=list(tags), config=config,
-                          dir=str(run_dir), mode=mode, id=run_id, resume="allow",
+                          dir=str(run_dir), mode=mode, id=run_id, resume="allow", group=group,
                           name=run_dir.name, settings=wandb.Settings(console="off"))
 
     def log(self, iteration: int, values: dict[str, float]) -> None:

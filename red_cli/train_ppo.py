@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from red_cli import distributed, models, rollout as ro
+from red_cli import distributed, models
+from red_cli import rollout as ro
 from red_cli.checks import derived_sizes
 from red_cli.data import PromptStream, load_prompts
 from red_cli.metrics import MetricsLogger, plot_curves, read_metrics
@@ -107,7 +108,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     logger = MetricsLogger(run_dir, OmegaConf.to_container(cfg), enabled=dist.is_main,
                            wandb_mode=cfg.logger.wandb_mode, project=cfg.logger.project,
                            entity=cfg.logger.entity, tags=list(cfg.logger.tags),
-                           progress_bar=cfg.logger.progress_bar, total=p.iterations, start=start)
+                           progress_bar=cfg.logger.progress_bar, total=p.iterations, start=start,
+                           group=cfg.experiment)
     if dist.is_main:
         log.info("run %s: %s, rm %s, critic from %s, %d rank(s), %d prompts", run_dir,
                  cfg.redistribution.mode, cfg.reward_model.name, critic_init, dist.world_size,

@@ -1,0 +1,232 @@
+"""`red eval`, `red report` and `red explain` end to end on the reduced toy world.
+
+Run directories are made by hand from the toy SFT policy (a copy, or a copy with seeded
+noise on its weights so that it writes differently), with synthetic metrics for the report:
+these tests exercise the verbs, not training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from red_cli.cli import main
+from tests.smoke.conftest import QUICK, compose_train
+from tests.unit.test_llm_judge import FakeChat, serve
+
+SMALL = ["prompts.n=12", "batch_size=4", "sampling.max_new_tokens=10", "bootstrap_samples=500"]
+
+
+def make_run(run_dir: Path, mode: str = "td", seed: int = 0, policy_src: Path | None = None,
+             noise: float = 0.0, metrics: list[dict] | None = None) -> Path:
+    """A run directory as `red train` leaves it (config.yaml, overrides.json, run.json, ...)."""
+    overrides = [f"redistribution={mode}", f"seed={seed}"]
+    cfg = compose_train([*QUICK, *overrides], run_dir)
+    run_dir.mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    (run_dir / "overrides.json").write_text(json.dumps(overrides))
+    (run_dir / "run.json").write_text(json.dumps({"status": "complete"}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics or []))
+    if policy_src is not None:
+        final = run_dir / "checkpoints" / "final_policy"
+        shutil.copytree(policy_src, final)
+        if noise:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(final)
+            gen = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(noise * torch.randn(p.shape, generator=gen))
+            model.save_pretrained(final)
+    return run_dir
+
+
+def _eval_json(folder: Path) -> dict:
+    return json.loads((folder / "eval.json").read_text())
+
+
+def _stats(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "output_dir"}
+
+
+def test_eval_gold_two_runs(tiny_toy, tmp_path, capsys, monkeypatch):
+    run_a = make_run(tmp_path / "run_a", seed=0, policy_src=tiny_toy.policy, noise=0.05)
+    run_b = make_run(tmp_path / "run_b", seed=1, policy_src=tiny_toy.policy)
+
+    main(["eval", str(run_a), f"baseline={run_b}", *SMALL])
+    table = capsys.readouterr().out
+    assert "| judge | candidate | baseline | n | wins | ties | losses |" in table
+    out = run_a / "eval" / "gold_vs_run_b"
+    first = _eval_json(out)
+    for key in ("win_rate", "ci_low", "ci_high", "n", "ties", "wins", "losses",
+                "candidate_mean", "baseline_mean"):
+        assert key in first
+    assert first["n"] == 12 and first["wins"] + first["ties"] + first["losses"] == 12
+    assert 0 <= first["ci_low"] <= first["win_rate"] <= first["ci_high"] <= 1
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in rows) == list(range(12))
+    assert any(r["candidate"] != r["baseline"] for r in rows)  # the noisy policy writes otherwise
+
+    # The same seed gives the same generations and the same numbers.
+    again = tmp_path / "again"
+    main(["eval", str(run_a), f"baseline={run_b}", *SMALL, f"output_dir={again}"])
+    assert _stats(_eval_json(again)) == _stats(first)
+    assert (again / "generations.jsonl").read_text() == (out / "generations.jsonl").read_text()
+
+    # Interrupted after one batch: the rest is generated and judged, the first batch is not.
+    from red_cli.judges import GoldScoreJudge
+
+    lines = (again / "generations.jsonl").read_text().splitlines(keepends=True)
+    (again / "generations.jsonl").write_text("".join(lines[:4]) + lines[4][:20])  # torn line
+    judged: list[int] = []
+    original = GoldScoreJudge.score
+    monkeypatch.setattr(GoldScoreJudge, "score",
+                        lambda self, r, t: judged.append(len(r.prompts)) or original(self, r, t))
+    main(["eval", str(run_a), f"baseline={run_b}", *SMALL, f"output_dir={again}"])
+    assert sum(judged) == 2 * 8  # 8 unfinished items, both sides
+    assert _stats(_eval_json(again)) == _stats(first)
+
+    # Against itself (baseline=sft is the very policy run_b copied): same seeds, all ties.
+    main(["eval", str(run_b), *SMALL[:1], "prompts.n=4", "sampling.max_new_tokens=10"])
+    same = _eval_json(run_b / "eval" / "gold_vs_sft")
+    assert same["ties"] == same["n"] == 4 and same["win_rate"] == 0.5
+
+
+def test_eval_llm_judge_over_http(tiny_toy, tmp_path, monkeypatch):
+    key = "sk-smoke-secret-0c9e"
+    monkeypatch.setenv("RED_SMOKE_JUDGE_KEY", key)
+    chat = SecondReplyMalformed()
+    server = serve(chat)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    run = make_run(tmp_path / "run", policy_src=tiny_toy.policy, noise=0.05)
+    try:
+        main(["eval", str(run), "judge=llm", "judge.model=fake-judge", "judge.concurrency=2",
+              f"judge.base_url=http://127.0.0.1:{server.server_address[1]}/v1",
+              "judge.api_key_env=RED_SMOKE_JUDGE_KEY", "prompts.n=4", "batch_size=4",
+              "sampling.max_new_tokens=8", "bootstrap_samples=200"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = run / "eval" / "llm-fake-judge_vs_sft"
+    result = _eval_json(out)
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    # Identical responses are a tie without asking; every other pair is asked in both orders.
+    asked = sum(r["candidate"] != r["baseline"] for r in rows)
+    assert asked >= 2 and len(chat.requests) == 2 * asked
+    assert set(chat.auth) == {f"Bearer {key}"}
+    # One malformed reply per pair: counted, not fatal; the other order decides.
+    assert result["malformed"] == asked and result["n"] == 4 and result["unjudged"] == 0
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), f"API key written to {path}"
+
+
+class SecondReplyMalformed(FakeChat):
+    """Answers "A" to the first request about a prompt and "??" to the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def answer(self, user: str) -> str:
+        prompt = user.split("Response A: ")[0]
+        with self.lock:
+            first = prompt not in self.seen
+            self.seen.add(prompt)
+        return "A" if first else "??"
+
+
+def _metrics(mode: str, seed: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    slope = {"sparse": 0.02, "td": 0.05, "abc": 0.04, "uniform": 0.01}[mode]
+    rows = []
+    for it in range(20):
+        score = -0.3 + slope * it + 0.05 * torch.randn((), generator=gen).item()
+        rows.append({"iteration": it, "objective/score": score, "objective/gold": score / 3,
+                     "objective/kl": 0.01 * it})
+    return rows
+
+
+def test_report_sweep(tmp_path, capsys):
+    sweep = tmp_path / "multirun" / "2026-01-01" / "12-00-00"
+    n = 0
+    for mode in ("sparse", "td", "abc", "uniform"):
+        for seed in (0, 1):
+            run = make_run(sweep / f"{n}_redistribution={mode},seed={seed}", mode, seed,
+                           metrics=_metrics(mode, seed))
+            if mode == "td":
+                folder = run / "eval" / "gold_vs_sft"
+                folder.mkdir(parents=True)
+                (folder / "eval.json").write_text(json.dumps({"win_rate": 0.6 + 0.1 * seed}))
+            n += 1
+    (sweep / "multirun.yaml").write_text("{}\n")
+
+    main(["report", str(sweep), "threshold=0.2", "smooth=3"])
+    printed = capsys.readouterr().out
+    for name in ("table.md", "table.csv", "curves.png"):
+        assert (sweep / name).is_file()
+    assert "redistribution=td" in printed and "win rate vs SFT" in printed
+    rows = list(csv.DictReader((sweep / "table.csv").open()))
+    assert [r["group"] for r in rows] == [f"redistribution={m}" for m in
+                                          ("abc", "sparse", "td", "uniform")]
+    assert all(r["seeds"] == "2" for r in rows)
+    td = next(r for r in rows if r["group"] == "redistribution=td")
+    assert float(td["win_rate_vs_sft"]) == pytest.approx(0.65)
+    means = {r["group"]: float(r["mean_score"]) for r in rows}
+    assert means["redistribution=td"] > means["redistribution=uniform"]
+
+    import matplotlib.image
+
+    assert matplotlib.image.imread(sweep / "curves.png").shape[1] > 600
+
+    # Runs named one by one (their names hold `=` and `,`) and an output_dir.
+    out = tmp_path / "report"
+    main(["report", str(sweep / "2_redistribution=td,seed=0"),
+          str(sweep / "3_redistribution=td,seed=1"), f"output_dir={out}"])
+    assert len(list(csv.DictReader((out / "table.csv").open()))) == 1
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: dict[str, int] = {}
+        self.tokens = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if ("class", "tok") in attrs:
+            self.tokens += 1
+
+
+def test_explain_page(tiny_toy, tmp_path):
+    run = make_run(tmp_path / "run", "td", policy_src=tiny_toy.policy)
+    main(["explain", str(run), "sampling.max_new_tokens=10"])
+    out = run / "explain"
+    data = json.loads((out / "credit.json").read_text())
+    samples = data["samples"]
+    assert len(samples) == 8
+    page = _Page()
+    page.feed((out / "credit.html").read_text())
+    assert page.tags["section"] == 8 and page.tags["h3"] == 8 * 3
+    assert page.tokens == 3 * sum(len(s["tokens"]) for s in samples)
+    for s in samples:
+        assert set(s["rewards"]) == {"sparse", "td", "abc"}
+        assert sum(s["rewards"]["sparse"]) == pytest.approx(s["score"], abs=1e-4)
+        assert sum(s["rewards"]["abc"]) == pytest.approx(s["score"], abs=1e-4)
+        # td, first_token=prompt_baseline: the sum telescopes to r_C - R(x).
+        assert sum(s["rewards"]["td"]) == pytest.approx(s["score"] - s["prompt_score"], abs=1e-4)
+        assert s["gold"] is not None
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "credit.png").shape[1] > 1000
+    assert os.path.getsize(out / "credit.png") > 20_000
