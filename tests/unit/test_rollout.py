@@ -6,8 +6,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from red_cli.data import left_pad
-from red_cli.rollout import Rollout, logprobs_of
 from red_cli.rlhf.masking import truncate_after_eos
+from red_cli.rollout import Rollout, logprobs_of
 
 
 def test_old_logprobs_match_generation_scores():
