@@ -45,18 +45,19 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     p = cfg.ppo
     # Same seed everywhere for identical initial weights; sampling differs per rank below.
     distributed.seed_everything(cfg.seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if dist.device.type == "cpu":
+        # Exact resume needs bitwise-repeatable kernels; on CPU they cost nothing extra.
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
     policy_path = models.resolve_path(cfg.policy.path, cfg.toy)
     rm_path = models.resolve_path(cfg.reward_model.path, cfg.toy)
-    tokenizer = models.load_tokenizer(cfg.policy.tokenizer and models.resolve_path(cfg.policy.tokenizer, cfg.toy)
-                                      or policy_path, cfg.policy.trust_remote_code)
+    tokenizer = models.load_tokenizer(models.resolve_path(cfg.policy.tokenizer or policy_path, cfg.toy),
+                                      cfg.policy.trust_remote_code)
     policy = models.load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code,
                                 cfg.policy.gradient_checkpointing)
     reference = models.reference_from(policy)
-    rm_tokenizer = models.load_tokenizer(
-        cfg.reward_model.tokenizer and models.resolve_path(cfg.reward_model.tokenizer, cfg.toy) or rm_path,
-        cfg.reward_model.trust_remote_code, key="reward_model.path")
+    rm_tokenizer = models.load_tokenizer(models.resolve_path(cfg.reward_model.tokenizer or rm_path, cfg.toy),
+                                         cfg.reward_model.trust_remote_code, key="reward_model.path")
     reward_model = models.load_reward_model(rm_path, cfg.reward_model.dtype,
                                             cfg.reward_model.trust_remote_code)
     rewards = RewardPipeline(cfg.redistribution, cfg.reward_model, reward_model, rm_tokenizer, tokenizer)
