@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from red_cli.scoring import position_ids_from_mask
+
 log = logging.getLogger("red")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -100,15 +102,6 @@ def freeze(model: nn.Module) -> nn.Module:
 def reference_from(policy: nn.Module) -> nn.Module:
     """A frozen copy of the starting policy (the KL anchor)."""
     return freeze(copy.deepcopy(policy))
-
-
-def same_vocabulary(tok_a, tok_b) -> bool:
-    return tok_a.get_vocab() == tok_b.get_vocab()
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that count only real tokens, so left padding does not shift them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 class Critic(nn.Module):
