@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from red_cli.scoring import position_ids_from_mask
 from red_cli.rlhf.masking import truncate_after_eos
 from red_cli.rlhf.ppo import entropy_from_logits, gather_logprobs
+from red_cli.scoring import position_ids_from_mask
 
 
 @dataclass
