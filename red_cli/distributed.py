@@ -143,7 +143,9 @@ def init_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, betas
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    # foreach: one fused kernel per op over all tensors; torch only picks it by itself on GPU.
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas),
+                                  foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(scheduler, warmup_steps, total_steps))
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
                                       config=config, dist_init_required=False)
