@@ -1,0 +1,36 @@
+"""The embedded default task: a generated movie-review world, its gold judge (VADER) and
+tiny models that `red` trains itself on first use (see `build.ensure_toy`).
+
+Attributes are imported lazily so that `import red_cli.toy` stays cheap (no torch or
+transformers until a build or a judge is needed).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from red_cli.toy.settings import ToyConfig
+
+if TYPE_CHECKING:
+    from red_cli.toy.build import ToyArtifacts, ensure_toy, format_summary, resolve_toy_path
+    from red_cli.toy.judge import GoldJudge, gold_scores
+
+__all__ = ["GoldJudge", "ToyArtifacts", "ToyConfig", "ensure_toy", "format_summary",
+           "gold_scores", "resolve_toy_path"]
+
+_LAZY = {
+    "ToyArtifacts": "red_cli.toy.build",
+    "ensure_toy": "red_cli.toy.build",
+    "format_summary": "red_cli.toy.build",
+    "resolve_toy_path": "red_cli.toy.build",
+    "GoldJudge": "red_cli.toy.judge",
+    "gold_scores": "red_cli.toy.judge",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'red_cli.toy' has no attribute {name!r}")

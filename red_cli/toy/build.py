@@ -1,0 +1,589 @@
+"""Build (once) and cache the embedded toy task: corpus, tokenizers, SFT policy, three RMs.
+
+`ensure_toy(cfg)` returns the cached build for these settings, building it on first use.
+
+Cache: `$RED_CACHE` (default ~/.cache/red) / toy / v{FORMAT_VERSION}-{hash of the
+settings}. A build runs under a file lock (concurrent callers wait for it), writes into a
+temporary sibling folder, writes the `COMPLETE` marker last and then renames the folder
+into place, so a folder that has the marker is always whole.
+
+Layout of a build:
+    COMPLETE, summary.json
+    reviews.jsonl            every generated review: {"text", "gold", "split"}
+    prompts_train.jsonl      {"prompt": ...} per line (disjoint from prompts_eval)
+    prompts_eval.jsonl
+    samples_eval.jsonl       SFT samples on the eval prompts with their gold scores
+    tokenizer/               policy tokenizer (byte-level BPE, left padding)
+    tokenizer_rm/            the same BPE with right padding (RMs)
+    tokenizer_xtok/          WordPiece tokenizer of toy_xtok
+    policy/                  GPT2LMHeadModel + tokenizer
+    rm_toy/                  GPT2ForSequenceClassification, policy's BPE, init from SFT
+    rm_toy_xtok/             GPT2ForSequenceClassification, its own WordPiece tokenizer
+    rm_toy_bidir/            BertForSequenceClassification (CLS pooling at <bos>), BPE
+
+With num_processes=2 a second process (see `parallel.py`) trains `toy_xtok` and
+`toy_bidir` while this one trains the policy, samples it and trains `toy`.
+
+Reward models score `prompt + response` exactly as `tokenizer(text)` encodes it (the
+tokenizers prepend <bos> and add no <eos>, RM tokenizers pad on the right): the causal
+ones read their scalar head at the last real token, the bidirectional one at position 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from red_cli.toy.settings import ToyConfig
+
+FORMAT_VERSION = 2  # bump whenever the build recipe changes what a key produces
+MARKER = "COMPLETE"
+RM_DIRS = {"toy": "rm_toy", "toy_xtok": "rm_toy_xtok", "toy_bidir": "rm_toy_bidir"}
+MAGIC_NAMES = {
+    "toy:policy": "policy",
+    "toy:tokenizer": "tokenizer",
+    "toy:rm": RM_DIRS["toy"],
+    "toy:rm_xtok": RM_DIRS["toy_xtok"],
+    "toy:rm_bidir": RM_DIRS["toy_bidir"],
+    "toy:prompts_train": "prompts_train.jsonl",
+    "toy:prompts_eval": "prompts_eval.jsonl",
+}
+POSITIVE, NEGATIVE = 0.05, -0.05  # VADER's own thresholds for "positive" / "negative"
+
+
+@dataclass
+class ToyArtifacts:
+    root: Path
+    tokenizer: Path
+    policy: Path
+    reward_models: dict[str, Path]
+    prompts_train: Path
+    prompts_eval: Path
+    summary: dict[str, Any]
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("RED_CACHE") or Path.home() / ".cache" / "red")
+
+
+def as_toy_config(cfg: Any) -> ToyConfig:
+    """A ToyConfig from a ToyConfig, an OmegaConf node or a mapping of its fields."""
+    if isinstance(cfg, ToyConfig):
+        return cfg
+    if not isinstance(cfg, Mapping):
+        from omegaconf import DictConfig, OmegaConf
+
+        if not isinstance(cfg, DictConfig):
+            raise TypeError(f"expected a ToyConfig, got {type(cfg).__name__}")
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    fields = {f.name for f in dataclasses.fields(ToyConfig)}
+    unknown = sorted(set(cfg) - fields)
+    if unknown:
+        raise ValueError(f"unknown toy setting(s) {unknown}; valid: {sorted(fields)}")
+    return ToyConfig(**cfg)
+
+
+def config_key(cfg: ToyConfig) -> str:
+    """Folder name of a build: format version + hash of every setting."""
+    payload = json.dumps({"format": FORMAT_VERSION, "config": dataclasses.asdict(cfg)},
+                         sort_keys=True)
+    return f"v{FORMAT_VERSION}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+def _artifacts(root: Path) -> ToyArtifacts:
+    summary = json.loads((root / "summary.json").read_text())
+    summary["paths"] = {name: str(root / rel) for name, rel in MAGIC_NAMES.items()}
+    summary["paths"]["root"] = str(root)
+    return ToyArtifacts(
+        root=root,
+        tokenizer=root / "tokenizer",
+        policy=root / "policy",
+        reward_models={name: root / rel for name, rel in RM_DIRS.items()},
+        prompts_train=root / "prompts_train.jsonl",
+        prompts_eval=root / "prompts_eval.jsonl",
+        summary=summary,
+    )
+
+
+def _is_complete(root: Path) -> bool:
+    return (root / MARKER).is_file() and (root / "summary.json").is_file()
+
+
+def ensure_toy(cfg: ToyConfig, cache_root: str | Path | None = None,
+               progress: bool = True) -> ToyArtifacts:
+    """The toy build for `cfg`: from the cache, or built now (a few minutes on 2 cores).
+
+    Safe to call from several processes at once: one builds, the others wait on the lock
+    and then read its result.
+    """
+    from filelock import FileLock
+
+    cfg = as_toy_config(cfg)
+    base = Path(cache_root) if cache_root is not None else default_cache_root()
+    base = base.expanduser().resolve() / "toy"
+    key = config_key(cfg)
+    root = base / key
+    if _is_complete(root):
+        return _artifacts(root)
+    base.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(base / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except TimeoutError:
+        if progress:
+            print(f"toy: waiting for another process building {root}", file=sys.stderr)
+        lock.acquire()
+    try:
+        if _is_complete(root):
+            return _artifacts(root)
+        # Nobody else builds this key while we hold the lock: leftovers are dead builds.
+        for stale in base.glob(f".{key}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if root.exists():
+            shutil.rmtree(root)
+        tmp = base / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            summary = _build(cfg, tmp, progress)
+            summary["config_key"] = key
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            (tmp / MARKER).write_text(f"{FORMAT_VERSION}\n")
+            os.rename(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if progress:
+            print(f"toy: built {root} in {summary['build_seconds']:.0f}s", file=sys.stderr)
+        return _artifacts(root)
+    finally:
+        lock.release()
+
+
+def resolve_toy_path(name: str, cfg: ToyConfig, cache_root: str | Path | None = None) -> Path:
+    """Real path of a magic name such as "toy:policy" (building the toy task if needed)."""
+    if name not in MAGIC_NAMES:
+        raise ValueError(f"unknown toy path {name!r}; valid names: {', '.join(MAGIC_NAMES)}")
+    return ensure_toy(cfg, cache_root=cache_root).root / MAGIC_NAMES[name]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def _gold_stats(golds: list[float]) -> dict[str, float]:
+    n = len(golds)
+    mean = sum(golds) / n
+    std = (sum((g - mean) ** 2 for g in golds) / n) ** 0.5
+    return {
+        "n": n,
+        "gold_mean": mean,
+        "gold_std": std,
+        "frac_positive": sum(g > POSITIVE for g in golds) / n,
+        "frac_negative": sum(g < NEGATIVE for g in golds) / n,
+    }
+
+
+def _check(cfg: ToyConfig) -> None:
+    if not 1 <= cfg.prompt_min_words <= cfg.prompt_max_words:
+        raise ValueError("toy.prompt_min_words must be >= 1 and <= toy.prompt_max_words")
+    if cfg.n_val_reviews + cfg.n_prompt_reviews >= cfg.n_reviews:
+        raise ValueError("toy.n_reviews must exceed toy.n_val_reviews + toy.n_prompt_reviews")
+    if not 0.0 <= cfg.label_noise < 0.5:
+        raise ValueError("toy.label_noise must be in [0, 0.5)")
+
+
+def _build(cfg: ToyConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """Everything of one build, written into `out`; returns the summary (relative paths)."""
+    from red_cli.toy.parallel import Worker
+    from red_cli.toy.train import quiet_deterministic_torch
+
+    _check(cfg)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    # Start the worker first: its imports overlap with the corpus stage.
+    worker = Worker(cfg.num_threads) if cfg.num_processes > 1 and Worker.available() else None
+    try:
+        with quiet_deterministic_torch(cfg.num_threads):
+            summary = _build_steps(cfg, out, progress, start, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+    summary["build_seconds"] = time.perf_counter() - start
+    summary["cpu_seconds"] = time.process_time() - cpu_start + sum(
+        rm["cpu_seconds"] for name, rm in summary["reward_models"].items()
+        if name in summary["rm_in_worker"])
+    return summary
+
+
+def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
+                 worker) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        GenerationConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
+
+    from red_cli.toy import corpus, train
+    from red_cli.toy.judge import gold_scores
+    from red_cli.toy.parallel import RMJob, run_rm_job
+    from red_cli.toy.tokenizer import train_bpe, train_wordpiece
+
+    timings: dict[str, float] = {}
+    clock = [start]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 2)
+        clock[0] = now
+
+    def bar(desc: str, total: int):
+        return tqdm(total=total, desc=f"toy {desc}", disable=not progress, leave=False,
+                    dynamic_ncols=True)
+
+    def loss_step(b) -> Callable[[float], None]:
+        def step(loss: float) -> None:
+            b.update(1)
+            b.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+        return step
+
+    lap("imports")
+
+    # 1. Corpus: reviews with gold scores, split by review; prompts from held-out reviews.
+    with bar("corpus", cfg.n_reviews) as b:
+        texts, golds = corpus.generate_reviews(cfg.n_reviews, cfg.seed, gold_scores,
+                                               progress=b.update)
+    rng = random.Random(f"{cfg.seed}:splits")
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    val_idx = order[: cfg.n_val_reviews]
+    prompt_idx = order[cfg.n_val_reviews : cfg.n_val_reviews + cfg.n_prompt_reviews]
+    sft_idx = order[cfg.n_val_reviews + cfg.n_prompt_reviews :]
+    split = {}
+    for name, idx in (("val", val_idx), ("prompt", prompt_idx), ("sft", sft_idx)):
+        split.update(dict.fromkeys(idx, name))
+    _write_jsonl(out / "reviews.jsonl",
+                 [{"text": t, "gold": g, "split": split[i]}
+                  for i, (t, g) in enumerate(zip(texts, golds))])
+    prompts = corpus.make_prompts([texts[i] for i in prompt_idx], rng,
+                                  cfg.prompt_min_words, cfg.prompt_max_words)
+    if len(prompts) <= cfg.n_eval_prompts:
+        raise ValueError(f"toy: only {len(prompts)} distinct prompts for n_eval_prompts="
+                         f"{cfg.n_eval_prompts}; raise toy.n_prompt_reviews")
+    eval_prompts, train_prompts = prompts[: cfg.n_eval_prompts], prompts[cfg.n_eval_prompts :]
+    _write_jsonl(out / "prompts_train.jsonl", [{"prompt": p} for p in train_prompts])
+    _write_jsonl(out / "prompts_eval.jsonl", [{"prompt": p} for p in eval_prompts])
+    sft_texts = [texts[i] for i in sft_idx]
+    lap("corpus")
+
+    # 2. Tokenizers, trained on the SFT reviews only. RM copies pad on the right.
+    bpe = train_bpe(sft_texts, cfg.vocab_size, padding_side="left",
+                    model_max_length=cfg.policy_n_positions)
+    bpe.save_pretrained(out / "tokenizer")
+    rm_bpe = AutoTokenizer.from_pretrained(out / "tokenizer", padding_side="right",
+                                           model_max_length=cfg.rm_n_positions)
+    rm_bpe.save_pretrained(out / "tokenizer_rm")
+    xtok = train_wordpiece(sft_texts, cfg.xtok_vocab_size, padding_side="right",
+                           model_max_length=cfg.rm_n_positions)
+    xtok.save_pretrained(out / "tokenizer_xtok")
+    special = {"bos_token_id": bpe.bos_token_id, "eos_token_id": bpe.eos_token_id,
+               "pad_token_id": bpe.pad_token_id}
+    lap("tokenizers")
+
+    # 3. Preference groups from the corpus (K continuations of one prompt: SFT-split reviews
+    # sharing their first words), and held-out pairs of validation/prompt-split reviews.
+    # The RMs' first rm_corpus_only_steps steps use corpus groups alone, so the worker
+    # process starts on them now, while this process trains and samples the policy.
+    k_train, k_eval = cfg.rm_group_size, cfg.eval_samples_per_prompt
+    group_rng = random.Random(f"{cfg.seed}:groups")
+    flips = 0
+
+    def with_preferences(groups: list[corpus.Group]) -> list[tuple[list[str], list]]:
+        nonlocal flips
+        encoded = []
+        for g in groups:
+            flip = [group_rng.random() < cfg.label_noise for _ in g.pairs()]
+            flips += sum(flip)
+            encoded.append(([g.prompt + r for r in g.responses],
+                            train.preference_matrix(g.golds, flip)))
+        return encoded
+
+    corpus_groups = corpus.same_prefix_groups(
+        sft_texts, [golds[i] for i in sft_idx], cfg.rm_corpus_groups, k_train, group_rng,
+        cfg.prompt_min_words, cfg.prompt_max_words)
+    corpus_prefs = with_preferences(corpus_groups)
+    held_idx = val_idx + prompt_idx
+    eval_groups = corpus.same_prefix_groups(
+        [texts[i] for i in held_idx], [golds[i] for i in held_idx], cfg.eval_corpus_pairs, 2,
+        group_rng, cfg.prompt_min_words, cfg.prompt_max_words)
+
+    # No dropout (PPO's logprobs must not be noisy); fused gelu is cheaper than gelu_new.
+    gpt2_common = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+                   "activation_function": "gelu"}
+    common = {"corpus": corpus_prefs, "samples": None,
+              "corpus_only_steps": cfg.rm_corpus_only_steps,
+              "groups_per_step": cfg.rm_groups_per_step, "warmup": cfg.rm_warmup_steps,
+              "center_coef": cfg.rm_center_coef}
+    gpt2_rm = {"n_positions": cfg.rm_n_positions, "n_embd": cfg.rm_n_embd,
+               "n_layer": cfg.rm_n_layer, "n_head": cfg.rm_n_head, "num_labels": 1,
+               "use_cache": False, **gpt2_common}
+    jobs = {
+        "toy": RMJob(
+            name="toy", out_dir=str(out / RM_DIRS["toy"]),
+            tokenizer_dir=str(out / "tokenizer_rm"), arch="gpt2_from_policy",
+            init_from=str(out / "policy"), steps=cfg.rm_toy_steps, lr=cfg.rm_toy_lr,
+            seed=cfg.seed + 10, **common),
+        "toy_xtok": RMJob(
+            name="toy_xtok", out_dir=str(out / RM_DIRS["toy_xtok"]),
+            tokenizer_dir=str(out / "tokenizer_xtok"), arch="gpt2",
+            config={**gpt2_rm, "vocab_size": len(xtok), "bos_token_id": xtok.bos_token_id,
+                    "eos_token_id": xtok.eos_token_id, "pad_token_id": xtok.pad_token_id},
+            steps=cfg.rm_steps, lr=cfg.rm_lr, seed=cfg.seed + 11, **common),
+        "toy_bidir": RMJob(
+            name="toy_bidir", out_dir=str(out / RM_DIRS["toy_bidir"]),
+            tokenizer_dir=str(out / "tokenizer_rm"), arch="bert",
+            config={"vocab_size": len(bpe), "hidden_size": cfg.rm_n_embd,
+                    "num_hidden_layers": cfg.rm_n_layer, "num_attention_heads": cfg.rm_n_head,
+                    "intermediate_size": 4 * cfg.rm_n_embd,
+                    "max_position_embeddings": cfg.rm_n_positions, "type_vocab_size": 1,
+                    "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                    "classifier_dropout": 0.0, "num_labels": 1, **special},
+            steps=cfg.rm_steps, lr=cfg.rm_lr, seed=cfg.seed + 12, **common),
+    }
+    remote = ["toy_xtok", "toy_bidir"] if worker is not None else []
+    bars = {name: bar(f"rm {name}", job.steps) for name, job in jobs.items()}
+    rm_steps = {name: loss_step(b) for name, b in bars.items()}
+    results: dict[str, dict[str, Any]] = {}
+
+    def pump(block: bool = False) -> None:
+        """Progress and results from the worker (a no-op without one)."""
+        if not remote:
+            return
+        for kind, name, payload in worker.messages(block):
+            if kind == "step":
+                rm_steps[name](payload)
+            else:
+                results[name] = payload
+
+    if remote:
+        worker.submit([jobs[name] for name in remote])
+    lap("pairs")
+
+    # 4. SFT policy: a tiny GPT-2 LM on bos + review + eos.
+    def encode(batch: list[str]) -> list[list[int]]:
+        return [(s + [bpe.eos_token_id])[: cfg.policy_n_positions]
+                for s in bpe(batch)["input_ids"]]
+
+    torch.manual_seed(cfg.seed)
+    policy = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(bpe), n_positions=cfg.policy_n_positions, n_embd=cfg.policy_n_embd,
+        n_layer=cfg.policy_n_layer, n_head=cfg.policy_n_head, **gpt2_common, **special,
+    ))
+    with bar("sft", cfg.sft_steps) as b:
+        sft_step = loss_step(b)
+
+        def on_sft_step(loss: float) -> None:
+            sft_step(loss)
+            pump()
+
+        sft_loss = train.train_lm(policy, encode(sft_texts), bpe.pad_token_id, cfg.sft_steps,
+                                  cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup_steps,
+                                  cfg.seed, on_sft_step)
+    policy.generation_config = GenerationConfig(
+        do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+        max_new_tokens=cfg.max_new_tokens, **special,
+    )
+    policy.save_pretrained(out / "policy")
+    bpe.save_pretrained(out / "policy")
+    lap("sft")
+
+    # 5. Policy samples: rm_group_size per RM-train prompt (the second half of the RMs'
+    # data), eval_samples_per_prompt per eval prompt; gold score of each prompt + response.
+    rm_prompts = train_prompts[: cfg.rm_sft_prompts]
+    with bar("samples", k_train * len(rm_prompts) + k_eval * len(eval_prompts)) as b:
+        def on_batch(n: int) -> None:
+            b.update(n)
+            pump()
+
+        train_samples = train.sample(policy, bpe, rm_prompts, k_train, cfg.max_new_tokens,
+                                     cfg.sample_batch_size, cfg.seed + 1, on_batch)
+        eval_samples = train.sample(policy, bpe, eval_prompts, k_eval, cfg.max_new_tokens,
+                                    cfg.sample_batch_size, cfg.seed + 2, on_batch)
+    train_gold = gold_scores([p + r for p, r in zip(train_samples.prompts,
+                                                     train_samples.responses)])
+    eval_gold = gold_scores([p + r for p, r in zip(eval_samples.prompts,
+                                                   eval_samples.responses)])
+    _write_jsonl(out / "samples_eval.jsonl", [
+        {"prompt": p, "response": r, "gold": g, "ended": e}
+        for p, r, g, e in zip(eval_samples.prompts, eval_samples.responses, eval_gold,
+                              eval_samples.ended)
+    ])
+
+    def sample_groups(prompts_: list[str], samples: train.Samples, gold: list[float],
+                      k: int) -> list[corpus.Group]:
+        return [corpus.Group(p, tuple(samples.responses[j * k : (j + 1) * k]),
+                             tuple(gold[j * k : (j + 1) * k]), "sft")
+                for j, p in enumerate(prompts_)]
+
+    policy_groups = sample_groups(rm_prompts, train_samples, train_gold, k_train)
+    policy_prefs = with_preferences(policy_groups)
+    eval_groups += sample_groups(eval_prompts, eval_samples, eval_gold, k_eval)
+    eval_pairs = [(g.prompt + g.responses[i], g.prompt + g.responses[j],
+                   g.golds[i] - g.golds[j], g.source)
+                  for g in eval_groups for i, j in g.pairs()
+                  if abs(g.golds[i] - g.golds[j]) >= cfg.eval_margin]
+    if remote:
+        worker.send_samples(policy_prefs)
+    lap("samples")
+
+    # 6. Reward models: `toy` here, the two others in the worker process when there is one.
+    try:
+        for name, job in jobs.items():
+            if name not in remote:
+                job.samples = policy_prefs
+
+                def on_step(loss: float, name: str = name) -> None:
+                    rm_steps[name](loss)
+                    pump()
+
+                results[name] = run_rm_job(job, on_step)
+        while len(results) < len(jobs):
+            pump(block=True)
+    finally:
+        for b in bars.values():
+            b.close()
+    lap("reward_models")
+
+    # 7. Evaluation through the saved files, the way users load them.
+    loaded_policy = AutoModelForCausalLM.from_pretrained(out / "policy")
+    ppl = train.perplexity(loaded_policy, encode([texts[i] for i in val_idx]),
+                           bpe.pad_token_id)
+    eval_texts = sorted({t for a, b, _, _ in eval_pairs for t in (a, b)})
+    rm_summary = {}
+    for name in jobs:
+        path = out / RM_DIRS[name]
+        scores = dict(zip(eval_texts, train.score_texts(
+            AutoModelForSequenceClassification.from_pretrained(path),
+            AutoTokenizer.from_pretrained(path), eval_texts)))
+        hits: dict[str, list[bool]] = {"corpus": [], "sft": []}
+        for a, b, gold_diff, source in eval_pairs:
+            hits[source].append((scores[a] - scores[b] > 0) == (gold_diff > 0))
+        every = hits["corpus"] + hits["sft"]
+        rm_summary[name] = {
+            "accuracy": sum(every) / max(1, len(every)),
+            "accuracy_corpus_pairs": sum(hits["corpus"]) / max(1, len(hits["corpus"])),
+            "accuracy_sft_pairs": sum(hits["sft"]) / max(1, len(hits["sft"])),
+            "score_mean": sum(scores.values()) / max(1, len(scores)),
+            "score_std": statistics.pstdev(scores.values()) if scores else 0.0,
+            "pooling": "cls (position 0, <bos>)" if name == "toy_bidir" else "last real token",
+            "tokenizer": "wordpiece" if name == "toy_xtok" else "policy bpe",
+            **results[name],
+        }
+    lap("evaluate")
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": dataclasses.asdict(cfg),
+        "corpus": {
+            "n_reviews": len(texts),
+            "n_sft_reviews": len(sft_idx),
+            "n_val_reviews": len(val_idx),
+            "n_prompts_train": len(train_prompts),
+            "n_prompts_eval": len(eval_prompts),
+            **_gold_stats(golds),
+        },
+        "tokenizers": {"policy_bpe_vocab": len(bpe), "xtok_wordpiece_vocab": len(xtok)},
+        "policy": {
+            "params": sum(t.numel() for t in policy.parameters()),
+            "val_perplexity": ppl,
+            "final_train_loss": sft_loss,
+        },
+        "sft_samples": {
+            **_gold_stats(eval_gold),
+            "mean_new_tokens": statistics.mean(eval_samples.new_tokens),
+            "frac_ended_with_eos": statistics.mean(eval_samples.ended),
+        },
+        "reward_models": rm_summary,
+        "rm_in_worker": remote,
+        "rm_train": {
+            "n_groups": {"corpus": len(corpus_groups), "sft": len(policy_groups)},
+            "n_pairs": {"corpus": sum(int(sum(map(sum, p))) for _, p in corpus_prefs),
+                        "sft": sum(int(sum(map(sum, p))) for _, p in policy_prefs)},
+            "label_flips": flips,
+            "definition": (
+                f"groups of {k_train} continuations of one prompt (same-prefix SFT-split "
+                f"reviews, or {k_train} policy samples of a train prompt); Bradley-Terry loss "
+                "on every pair with different gold scores; the first "
+                f"min({cfg.rm_corpus_only_steps}, steps / 2) steps on corpus groups only, then "
+                "half and half"
+            ),
+        },
+        "eval_pairs": {
+            "n": len(eval_pairs),
+            "n_corpus": sum(p[3] == "corpus" for p in eval_pairs),
+            "n_sft": sum(p[3] == "sft" for p in eval_pairs),
+            "margin": cfg.eval_margin,
+            "definition": (
+                "two continuations of the same held-out prompt: every pair among "
+                f"{k_eval} SFT samples per eval prompt, plus pairs of held-out reviews "
+                f"sharing their first {cfg.prompt_min_words}-{cfg.prompt_max_words} words; "
+                f"kept when their gold scores differ by >= {cfg.eval_margin}; correct when "
+                "the RM orders them as the gold judge does"
+            ),
+        },
+        "timings": timings,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable rendering of a build summary."""
+    c, p, s = summary["corpus"], summary["policy"], summary["sft_samples"]
+    ev = summary["eval_pairs"]
+    lines = [f"toy task ({summary.get('config_key', '?')}, built in "
+             f"{summary['build_seconds']:.0f}s, {summary['cpu_seconds']:.0f} CPU-s)"]
+    for name, path in summary.get("paths", {}).items():
+        lines.append(f"  {name:<18} {path}")
+    lines += [
+        f"corpus: {c['n_reviews']} reviews (gold mean {c['gold_mean']:+.3f}, "
+        f"{c['frac_positive']:.0%} positive, {c['frac_negative']:.0%} negative); "
+        f"prompts {c['n_prompts_train']} train / {c['n_prompts_eval']} eval",
+        f"policy: {p['params'] / 1e6:.2f}M params, validation perplexity "
+        f"{p['val_perplexity']:.2f}",
+        f"SFT samples (n={s['n']}): gold mean {s['gold_mean']:+.3f} std {s['gold_std']:.3f}, "
+        f"{s['frac_positive']:.0%} positive, {s['frac_negative']:.0%} negative, "
+        f"{s['mean_new_tokens']:.1f} new tokens, {s['frac_ended_with_eos']:.0%} end with eos",
+        f"reward models, held-out pairwise accuracy vs gold on {ev['n']} pairs "
+        f"(|gold difference| >= {ev['margin']}; {ev['n_sft']} SFT-sample pairs, "
+        f"{ev['n_corpus']} corpus pairs):",
+    ]
+    for name, rm in summary["reward_models"].items():
+        lines.append(
+            f"  {name:<10} {rm['accuracy']:.3f} (sft {rm['accuracy_sft_pairs']:.3f}, corpus "
+            f"{rm['accuracy_corpus_pairs']:.3f})  {rm['architecture']}, "
+            f"{rm['params'] / 1e6:.2f}M params, {rm['tokenizer']}, pooled at {rm['pooling']}, "
+            f"trained {rm['train_seconds']:.0f}s"
+        )
+    stages = ("imports", "corpus", "tokenizers", "pairs", "sft", "samples", "reward_models",
+              "evaluate")
+    timings = ", ".join(f"{k} {summary['timings'][k]:.0f}s" for k in stages
+                        if k in summary.get("timings", {}))
+    lines.append(f"build: {summary['build_seconds']:.0f}s ({timings})")
+    return "\n".join(lines)
