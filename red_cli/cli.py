@@ -63,14 +63,14 @@ def fail(verb: str, message: str, run_dir: str | os.PathLike | None = None) -> N
 
 
 def remove_if_empty(path: Path) -> None:
-    """Remove an empty run directory and its empty parents up to the outputs root."""
+    """Remove an empty run directory and the empty parents Hydra made for it, up to and
+    including the `outputs` (or `multirun`) folder itself."""
     path = path.resolve()
-    while path.is_dir() and not any(path.iterdir()):
-        parent = path.parent
+    while path.is_dir() and not any(path.iterdir()) and path != path.parent:
         shutil.rmtree(path)
-        if parent.name in ("outputs", "multirun") or parent == parent.parent:
+        if path.name in ("outputs", "multirun"):
             break
-        path = parent
+        path = path.parent
 
 
 def _train(cfg) -> None:

@@ -147,8 +147,17 @@ def test_prompts_and_summary(built):
 
 
 def test_same_settings_give_identical_files(built, tmp_path):
-    """Rebuild in this process (in-process RM training: num_processes=1) -> same bytes."""
+    """Rebuild with in-process RM training (num_processes=1) -> same bytes.
+
+    The rebuild runs in a fresh interpreter: other tests in this session change process-wide
+    torch state (thread count, deterministic flags) that a build must not depend on, but a
+    shared process would make this comparison about them rather than about the build."""
     first = ensure_toy(ToyConfig(**TINY), cache_root=built[0], progress=False)
-    again = ensure_toy(ToyConfig(**TINY, num_processes=1), cache_root=tmp_path,
-                       progress=False)
-    assert _tree_hashes(first.root) == _tree_hashes(again.root)
+    code = ("import json, sys; from red_cli.toy.build import ensure_toy; "
+            "from red_cli.toy.settings import ToyConfig; "
+            "a = ensure_toy(ToyConfig(**json.loads(sys.argv[1]), num_processes=1), "
+            "cache_root=sys.argv[2], progress=False); print(a.root)")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(TINY), str(tmp_path)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    again = Path(out.stdout.strip().splitlines()[-1])
+    assert _tree_hashes(first.root) == _tree_hashes(again)
