@@ -94,6 +94,11 @@ def _run(verb: str, validate, work, cfg: DictConfig) -> None:
 
     try:
         validate(cfg)
+        if verb != "report":
+            from red_cli import distributed
+
+            distributed.prepare_env(cfg.device)
+            distributed.quiet_libraries()
         work(cfg)
     except (ConfigError, EvalError, JudgeError, ReportError, DatasetError, FileNotFoundError) as err:
         fail(verb, str(err))

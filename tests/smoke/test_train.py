@@ -81,3 +81,11 @@ def test_config_error_leaves_no_run_dir(tmp_path):
     assert proc.returncode != 0
     assert "ppo.cliprange" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_red_toy_command_prints_summary(tiny_toy, tmp_path):
+    proc = red("toy", "toy=tiny", "json=true", cwd=tmp_path)
+    summary = json.loads(proc.stdout)
+    assert set(summary["reward_models"]) == {"toy", "toy_xtok", "toy_bidir"}
+    assert summary["paths"]["toy:policy"] == str(tiny_toy.policy)
+    assert not any(tmp_path.iterdir()), "red toy writes nothing into the working directory"
