@@ -24,7 +24,7 @@ def _comparable(metrics):
     return [{k: v for k, v in m.items() if not k.startswith(NONDETERMINISTIC)} for m in metrics]
 
 
-@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.slow), 2])
+@pytest.mark.parametrize("stage", [0, 1, 2])
 def test_two_ranks_stay_in_sync(tiny_toy, tmp_path, stage):
     red("train", *QUICK, f"deepspeed=zero{stage}", "launcher.nproc_per_node=2",
         "ppo.iterations=2", "hydra.run.dir=run", cwd=tmp_path)
