@@ -113,17 +113,26 @@ def train_lm(model, seqs: Sequence[Sequence[int]], pad_id: int, steps: int, batc
         ids, mask = pad_batch([seqs[i] for i in batches.next()], pad_id)
         labels = ids.masked_fill(mask == 0, -100)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(_optimizer_step(model, loss, opt, sched))
         on_step(losses[-1])
     model.eval()
-    tail = losses[-max(1, steps // 10) :]
-    return sum(tail) / len(tail)
+    return _tail_mean(losses)
 
+
+
+def _optimizer_step(model, loss: torch.Tensor, opt, sched) -> float:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _tail_mean(losses: list[float]) -> float:
+    """Mean loss over the last tenth of training: the number the summary reports."""
+    tail = losses[-max(1, len(losses) // 10) :]
+    return sum(tail) / len(tail)
 
 @torch.no_grad()
 def perplexity(model, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256) -> float:
@@ -273,16 +282,10 @@ def train_preference_groups(model, first: Sequence[EncodedGroup],
         pair_losses = -F.logsigmoid(scores[:, :, None] - scores[:, None, :]) * pref
         loss = (pair_losses.sum() / pref.sum().clamp(min=1.0)
                 + center_coef * scores.mean(dim=1).pow(2).mean())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(_optimizer_step(model, loss, opt, sched))
         on_step(losses[-1])
     model.eval()
-    tail = losses[-max(1, steps // 10) :]
-    return sum(tail) / len(tail)
+    return _tail_mean(losses)
 
 
 @torch.no_grad()
