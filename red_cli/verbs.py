@@ -48,10 +48,15 @@ def train_verb(cfg: DictConfig) -> None:
     world = frozen.launcher.nproc_per_node * frozen.launcher.nnodes
     if world > 1:
         distributed.launch_ranks(run_dir, frozen.launcher, resume=bool(cfg.resume))
-    else:
-        from red_cli.train_ppo import train
+        return
+    from red_cli.data import DatasetError
+    from red_cli.train_ppo import train
 
+    try:
         rundir.run_guarded(run_dir, lambda: train(frozen, run_dir, resume=bool(cfg.resume)))
+    except (FileNotFoundError, DatasetError) as err:
+        # A path or dataset the user named: one line; run.json already says "failed".
+        fail("train", f"{err} (run directory {run_dir} marked failed)")
 
 
 def toy_verb(cfg: DictConfig) -> None:
