@@ -62,6 +62,30 @@ class _Collector:
         self.require(value in choices, key, value, "must be one of " + ", ".join(choices))
 
 
+def looks_local(path: str) -> bool:
+    """A path the user means as a file or folder here (hub ids like `org/name-1.5` are not)."""
+    return path.startswith(("/", "./", "../", "~"))
+
+
+PATH_KEYS = ("policy.path", "policy.tokenizer", "reward_model.path", "reward_model.tokenizer",
+             "dataset.path", "dataset.eval_path")
+
+
+def check_paths(cfg: Any) -> None:
+    """Local paths named in the config must exist: checked before a run directory is made."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    missing = []
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value and looks_local(str(value)) and not Path(str(value)).expanduser().exists():
+            missing.append(f"{key}={value!r}: no such file or directory")
+    if missing:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(missing))
+
+
 def validate_train(cfg: Any, world_size: int | None = None) -> None:
     """Raise :class:`ConfigError` listing every invalid value of a composed train config."""
     c = _Collector()

@@ -27,6 +27,7 @@ def load_prompts(path: str, split: str, prompt_column: str, key: str = "dataset.
     """Read the prompt column of a dataset as a list of strings."""
     import datasets
 
+    from red_cli.checks import looks_local
     from red_cli.models import resolve_path
 
     path = resolve_path(path, toy_cfg)
@@ -42,7 +43,7 @@ def load_prompts(path: str, split: str, prompt_column: str, key: str = "dataset.
             ds = datasets.load_from_disk(str(local))
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[split]
-        elif path.startswith((".", "/", "~")):
+        elif looks_local(path):
             raise DatasetError(f"{key}={path!r}: no such file or directory")
         else:
             ds = datasets.load_dataset(path, split=split)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from red_cli.checks import looks_local
 from red_cli.scoring import position_ids_from_mask
 
 log = logging.getLogger("red")
@@ -34,8 +35,7 @@ def resolve_path(path: str, toy_cfg=None) -> str:
 def _check_exists(path: str, key: str) -> None:
     # A local-looking path that does not exist would otherwise become a hub lookup and a
     # network error deep inside huggingface_hub.
-    looks_local = path.startswith((".", "/", "~")) or Path(path).suffix != ""
-    if looks_local and not Path(path).expanduser().exists():
+    if looks_local(path) and not Path(path).expanduser().exists():
         raise FileNotFoundError(f"{key}={path!r}: no such file or directory")
 
 

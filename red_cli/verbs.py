@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from red_cli.checks import ConfigError, validate_train
+from red_cli.checks import ConfigError, check_paths, validate_train
 from red_cli.cli import fail, remove_if_empty
 
 log = logging.getLogger("red")
@@ -22,6 +22,7 @@ def train_verb(cfg: DictConfig) -> None:
     run_dir = Path(cfg.output_dir)
     try:
         validate_train(cfg)
+        check_paths(cfg)
     except ConfigError as err:
         fail("train", str(err), run_dir)
 

@@ -161,3 +161,18 @@ def test_no_dead_keys():
             if f.name not in used:
                 dead.append(f"{schema.__name__}.{f.name}")
     assert not dead, f"schema fields never read in red_cli: {dead}"
+
+
+@pytest.mark.parametrize("override,key", [("policy.path=/no/such/model", "policy.path"),
+                                          ("dataset.path=./missing.jsonl", "dataset.path")])
+def test_missing_local_paths_are_config_errors(hydra_ctx, override, key):
+    from red_cli.checks import check_paths
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        check_paths(_compose([override]))
+
+
+def test_hub_ids_are_not_checked_as_paths(hydra_ctx):
+    from red_cli.checks import check_paths
+
+    check_paths(_compose(["policy.path=meta-llama/Llama-3.1-8B", "dataset.path=imdb"]))
