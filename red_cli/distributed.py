@@ -177,15 +177,16 @@ def barrier(world_size: int) -> None:
 
 def parameter_checksum(engine) -> float:
     """A float64 sum of |w| and w over this rank's full parameters (gathered under ZeRO-3)."""
+    import contextlib
+
+    import deepspeed
+
     total = 0.0
     for param in engine.module.parameters():
-        if hasattr(param, "ds_tensor"):
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([param]):
-                data = param.data.double()
-                total += (data.abs().sum() + data.sum()).item()
-        else:
+        # Only ZeRO-3 partitions parameters (they carry ds_tensor); gather each one to read it.
+        gather = (deepspeed.zero.GatheredParameters([param]) if hasattr(param, "ds_tensor")
+                  else contextlib.nullcontext())
+        with gather:
             data = param.data.double()
             total += (data.abs().sum() + data.sum()).item()
     return total

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from red_cli import align, distributed
+from red_cli.rlhf.masking import first_true_index, last_true_index
 from red_cli.rlhf.redistribution import get_redistributor
 from red_cli.scoring import is_causal_rm, score_batch
 
@@ -86,15 +87,15 @@ class RewardPipeline:
         self.redistribute = get_redistributor(self.mode)
         self.model = reward_model
         self.rm_tokenizer, self.policy_tokenizer = rm_tokenizer, policy_tokenizer
-        self.template = rm_cfg.template
+        # The chat template is rendered once here, not per batch.
+        self.template = (_chat_template(rm_tokenizer) if rm_cfg.use_chat_template
+                         else rm_cfg.template)
         self.max_length = rm_cfg.max_length
         self.allow_prefix_passes = rm_cfg.allow_prefix_passes
         self.chunk_size = rm_cfg.prefix_chunk_size
-        self.use_chat_template = rm_cfg.use_chat_template
         self.rm_is_causal = is_causal_rm(reward_model)
         self.same_tokenizer = align.same_tokenizer(policy_tokenizer, rm_tokenizer)
-        self.identity = not self.use_chat_template and align.use_identity(
-            policy_tokenizer, rm_tokenizer, self.template)
+        self.identity = align.use_identity(policy_tokenizer, rm_tokenizer, self.template)
         if self.mode == "td" and not self.rm_is_causal and not self.allow_prefix_passes:
             raise ValueError(
                 "redistribution=td needs prefix scores, and this reward model is bidirectional: "
@@ -107,11 +108,8 @@ class RewardPipeline:
             return align.identity_rm_batch(traj.query_ids, traj.query_mask, traj.response_ids,
                                            traj.response_mask)
         ids = [row[m].tolist() for row, m in zip(traj.response_ids, traj.response_mask)]
-        template = self.template
-        if self.use_chat_template:
-            template = _chat_template(self.rm_tokenizer)
         return align.build_rm_batch(traj.prompts, traj.responses, ids, self.policy_tokenizer,
-                                    self.rm_tokenizer, template, self.max_length)
+                                    self.rm_tokenizer, self.template, self.max_length)
 
     @torch.no_grad()
     def __call__(self, traj, shaper: ScoreShaper, world_size: int) -> Scored:
@@ -121,15 +119,14 @@ class RewardPipeline:
         eos = self.policy_tokenizer.eos_token_id
         has_eos = ((traj.response_ids == eos) & mask).any(-1)
 
-        rm_batch = self._rm_batch(traj)
+        rm_batch = _to(self._rm_batch(traj), device)
         out = score_batch(
-            self.model, rm_batch.input_ids.to(device), rm_batch.attention_mask.to(device),
+            self.model, rm_batch.input_ids, rm_batch.attention_mask,
             positions=self.mode == "td", attention=self.mode == "abc",
-            prefix_start=rm_batch.prompt_last_index.clamp(min=0).to(device),
+            prefix_start=rm_batch.prompt_last_index.clamp(min=0),
             allow_prefix_passes=self.allow_prefix_passes, terminator_id=rm_batch.terminator_id,
             chunk_size=self.chunk_size,
         )
-        rm_batch = _to(rm_batch, device)
         on_policy = align.project_to_policy(out, rm_batch, T)
         raw = on_policy.scores.float()
 
@@ -144,7 +141,8 @@ class RewardPipeline:
         if self.mode == "td":
             prompt_scores = shaper.transform(on_policy.prompt_scores.float(), shift, scale)
             prefix = shaper.transform(on_policy.prefix_scores.float(), shift, scale)
-            last = mask.long().cumsum(-1).argmax(-1)
+            # Responses keep at least their EOS, so no row is empty and last >= 0.
+            last = last_true_index(mask)
             prefix = prefix - torch.zeros_like(prefix).scatter(1, last[:, None], penalty[:, None])
             prefix = torch.where(mask, prefix, 0.0)
             rewards = self.redistribute(prefix, prompt_scores, mask,
@@ -164,8 +162,8 @@ class RewardPipeline:
 def _td_target(prefix: torch.Tensor, prompt_scores: torch.Tensor, mask: torch.Tensor, red) -> torch.Tensor:
     """sum_t r_t for td: beta_c * (P[last] - baseline) + (1 - beta_c) * P[last]."""
     b = torch.arange(mask.shape[0], device=mask.device)
-    last = prefix[b, mask.long().cumsum(-1).argmax(-1)]
-    first = prefix[b, mask.long().argmax(-1)]
+    last = prefix[b, last_true_index(mask)]
+    first = prefix[b, first_true_index(mask)]
     baseline = {"prompt_baseline": prompt_scores, "zero": first,
                 "absolute": torch.zeros_like(last)}[red.first_token]
     return red.beta_c * (last - baseline) + (1 - red.beta_c) * last

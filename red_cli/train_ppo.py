@@ -228,10 +228,10 @@ def _ppo_epochs(policy_engine, critic_engine, traj: ro.Rollout, old_logprobs, ol
                 logits = ro.response_logits(policy_engine, part, p.temperature)
                 logprobs = gather_logprobs(logits, part.response_ids)
                 pl = policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, p.cliprange)
-                entropy = masked_mean(entropy_from_logits(logits.detach()), mask)
-                loss = pl.loss
-                if p.ent_coef > 0:
-                    loss = loss - p.ent_coef * masked_mean(entropy_from_logits(logits), mask)
+                # Entropy keeps its graph only when it is part of the loss.
+                entropy = masked_mean(
+                    entropy_from_logits(logits if p.ent_coef > 0 else logits.detach()), mask)
+                loss = pl.loss - p.ent_coef * entropy if p.ent_coef > 0 else pl.loss
                 policy_engine.backward(loss)
                 policy_engine.step()
 
