@@ -132,8 +132,14 @@ class ReportConfig:
     final_window: int = 1
     # Moving-average window for curves and the threshold crossing.
     smooth: int = 1
-    # Iterations until the smoothed score first reaches this (null: column left out).
+    # Iterations until the smoothed metric first reaches this (null: column left out)...
     threshold: float | None = None
+    # ...or until it reaches this group's final mean (a label as printed in the table's
+    # first column, e.g. `redistribution=sparse`, or its values alone: `sparse`):
+    # "iterations to match the baseline".
+    threshold_group: str | None = None
+    # Which metric the threshold is on: score | gold.
+    threshold_metric: str = "score"
     # Which `red eval` results count as "vs SFT": eval/<judge>_vs_sft/eval.json.
     win_rate_judge: str = "gold"
     # Shaded band around each group's mean curve: se2 (+-2 standard errors) | minmax | none.

@@ -239,22 +239,54 @@ def group_rows(groups: Sequence[Group], cfg: Any) -> list[dict]:
                             ("mean", overall_mean)):
                 m, s = mean_2se([f(v) for v in per_run])
                 row[f"{stat}_{name}"], row[f"{stat}_{name}_2se"] = m, s
-        if cfg.threshold is not None:
-            reached = []
-            for r in g.runs:
-                it, val = series(r.metrics, cfg.score_metric)
-                hit = first_reach(it, moving_average(val, cfg.smooth), cfg.threshold)
-                if hit is not None:
-                    reached.append(float(hit))
-            m, s = mean_2se(reached)
-            row["iters_to_threshold"], row["iters_to_threshold_2se"] = m, s
-            row["reached_threshold"] = len(reached)
         wins = [r.win_rate for r in g.runs if r.win_rate is not None]
         m, s = mean_2se(wins)
         row["win_rate_vs_sft"], row["win_rate_vs_sft_2se"] = m, s
         row["win_rate_runs"] = len(wins)
         rows.append(row)
+    threshold = resolve_threshold(rows, cfg)
+    if threshold is None:
+        return rows
+    key = cfg.score_metric if cfg.threshold_metric == "score" else cfg.gold_metric
+    for g, row in zip(groups, rows):
+        reached = []
+        for r in g.runs:
+            it, val = series(r.metrics, key)
+            hit = first_reach(it, moving_average(val, cfg.smooth), threshold)
+            if hit is not None:
+                reached.append(float(hit))
+        m, s = mean_2se(reached)
+        row["threshold"] = threshold
+        row["iters_to_threshold"], row["iters_to_threshold_2se"] = m, s
+        row["reached_threshold"] = len(reached)
     return rows
+
+
+THRESHOLD_METRICS = ("score", "gold")
+
+
+def resolve_threshold(rows: Sequence[dict], cfg: Any) -> float | None:
+    """The threshold value: given, or a group's final mean of the threshold metric."""
+    if cfg.threshold_metric not in THRESHOLD_METRICS:
+        raise ReportError(f"threshold_metric={cfg.threshold_metric!r}: use one of "
+                          + ", ".join(THRESHOLD_METRICS))
+    if cfg.threshold is not None and cfg.threshold_group is not None:
+        raise ReportError("threshold and threshold_group are both set; give one of them")
+    if cfg.threshold_group is None:
+        return cfg.threshold
+    labels = [r["group"] for r in rows]
+    # `sparse` names the group `redistribution=sparse` (Hydra needs quotes around a `=`).
+    values_only = [",".join(o.split("=", 1)[-1] for o in label.split(",")) for label in labels]
+    hits = [i for i, (lab, val) in enumerate(zip(labels, values_only))
+            if cfg.threshold_group in (lab, val)]
+    if len(hits) != 1:
+        raise ReportError(f"threshold_group={cfg.threshold_group!r} is not a group of these runs; "
+                          "groups are: " + ", ".join(labels))
+    value = rows[hits[0]][f"final_{cfg.threshold_metric}"]
+    if math.isnan(value):
+        raise ReportError(f"threshold_group={cfg.threshold_group!r} has no final "
+                          f"{cfg.threshold_metric} to use as the threshold")
+    return value
 
 
 def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) -> str:
@@ -263,8 +295,11 @@ def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) 
     headers = ["group", "seeds", "final score", "mean score"]
     if has_gold:
         headers += ["final gold", "mean gold"]
-    if cfg.threshold is not None:
-        headers.append(f"iters to score ≥ {cfg.threshold:g}")
+    threshold = rows[0].get("threshold") if rows else None
+    if threshold is not None:
+        what = (f"{cfg.threshold_group}'s final" if cfg.threshold_group is not None
+                else f"{threshold:g}")
+        headers.append(f"iters to {cfg.threshold_metric} ≥ {what}")
     if has_wins:
         headers.append(f"win rate vs SFT ({cfg.win_rate_judge})")
     body = []
@@ -273,7 +308,7 @@ def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) 
                 pm(r["mean_score"], r["mean_score_2se"])]
         if has_gold:
             line += [pm(r["final_gold"], r["final_gold_2se"]), pm(r["mean_gold"], r["mean_gold_2se"])]
-        if cfg.threshold is not None:
+        if threshold is not None:
             line.append(f"{pm(r['iters_to_threshold'], r['iters_to_threshold_2se'], 1)} "
                         f"({r['reached_threshold']}/{r['seeds']})")
         if has_wins:
@@ -282,8 +317,9 @@ def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) 
         body.append(line)
     note = (f"mean ± 2 SE across seeds; final = mean of the last {cfg.final_window} "
             f"iteration(s); score = `{cfg.score_metric}`, gold = `{cfg.gold_metric}`")
-    if cfg.threshold is not None:
-        note += f"; threshold on the {cfg.smooth}-iteration moving average (seeds that reached it)"
+    if threshold is not None:
+        note += (f"; threshold {threshold:.3f} on the {cfg.smooth}-iteration moving average of "
+                 f"{cfg.threshold_metric} (mean over the seeds that reached it)")
     if common:
         note += "; every group also has: " + " ".join(f"`{o}`" for o in common)
     return markdown_table(headers, body) + "\n" + note + "\n"

@@ -7,6 +7,7 @@ from (HF's generate does the same for left-padded prompts).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -64,12 +65,38 @@ def generate(policy: nn.Module, tokenizer, prompts: list[str], query_ids: torch.
 
 
 def response_logits(policy: nn.Module, rollout: Rollout, temperature: float) -> torch.Tensor:
-    """Logits [b, T, V] that predicted each response token, divided by the sampling temperature."""
+    """Logits [b, T, V] that predicted each response token, divided by the sampling temperature.
+
+    Only the last T + 1 positions go through the LM head (`logits_to_keep`): the prompt
+    positions' logits were never used, and at GPT-2's vocabulary they cost a third of the
+    model's FLOPs plus a [b, L, V] buffer forward and backward (docs/PERFORMANCE.md).
+    """
     mask = rollout.attention_mask
+    T = rollout.response_ids.shape[1]
+    kwargs = {"logits_to_keep": T + 1} if accepts_logits_to_keep(policy) else {}
     logits = policy(input_ids=rollout.input_ids, attention_mask=mask.long(),
-                    position_ids=position_ids_from_mask(mask), use_cache=False).logits
-    start = rollout.query_ids.shape[1] - 1
-    return logits[:, start:start + rollout.response_ids.shape[1]].float() / temperature
+                    position_ids=position_ids_from_mask(mask), use_cache=False, **kwargs).logits
+    # Position L - T - 1 (the last prompt token) predicts response token 0; the last
+    # position predicts nothing.
+    logits = logits[:, -(T + 1):-1].float()
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the causal LM's forward can skip the LM head on positions we never read."""
+    inner = model
+    while True:  # DeepSpeed engine -> (peft model ->) HF model
+        nxt = getattr(inner, "module", None)
+        if not isinstance(nxt, nn.Module):
+            break
+        inner = nxt
+    cached = getattr(inner, "_red_logits_to_keep", None)
+    if cached is None:
+        get_base = getattr(inner, "get_base_model", None)
+        target = get_base() if callable(get_base) else inner
+        cached = "logits_to_keep" in inspect.signature(target.forward).parameters
+        inner._red_logits_to_keep = cached
+    return cached
 
 
 def response_values(critic: nn.Module, rollout: Rollout) -> torch.Tensor:

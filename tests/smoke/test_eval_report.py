@@ -230,3 +230,39 @@ def test_explain_page(tiny_toy, tmp_path):
 
     assert matplotlib.image.imread(out / "credit.png").shape[1] > 1000
     assert os.path.getsize(out / "credit.png") > 20_000
+
+
+def test_report_threshold_from_a_group(tmp_path, capsys):
+    """Iterations until each group's smoothed gold reaches sparse's final gold, by hand."""
+    sweep = tmp_path / "sweep"
+    metrics = {}
+    for n, (mode, seed) in enumerate((m, s) for m in ("sparse", "td") for s in (0, 1, 2)):
+        metrics[(mode, seed)] = _metrics(mode, seed)
+        make_run(sweep / f"{n}_redistribution={mode},seed={seed}", mode, seed,
+                 metrics=metrics[(mode, seed)])
+    main(["report", str(sweep), "threshold_group=sparse", "threshold_metric=gold",
+          "smooth=3", "final_window=2"])
+    rows = {r["group"]: r for r in csv.DictReader((sweep / "table.csv").open())}
+    # sparse's final gold: mean over seeds of the mean of each run's last 2 gold values.
+    finals = [sum(m["objective/gold"] for m in metrics[("sparse", s)][-2:]) / 2 for s in range(3)]
+    threshold = sum(finals) / 3
+    for mode in ("sparse", "td"):
+        hits = []
+        for seed in range(3):
+            gold = [m["objective/gold"] for m in metrics[(mode, seed)]]
+            for i in range(len(gold)):
+                window = gold[max(0, i - 2):i + 1]
+                if sum(window) / len(window) >= threshold:
+                    hits.append(i)
+                    break
+        row = rows[f"redistribution={mode}"]
+        assert float(row["threshold"]) == pytest.approx(threshold)
+        assert int(row["reached_threshold"]) == len(hits)
+        assert float(row["iters_to_threshold"]) == pytest.approx(sum(hits) / len(hits))
+    assert "iters to gold ≥ sparse's final" in capsys.readouterr().out
+    # The full label works too (quoted for Hydra); an unknown group lists the groups.
+    main(["report", str(sweep), "threshold_group='redistribution=td'", "threshold_metric=gold"])
+    with pytest.raises(SystemExit) as err:
+        main(["report", str(sweep), "threshold_group=nope"])
+    assert err.value.code != 0
+    assert "groups are: redistribution=sparse, redistribution=td" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from red_cli.data import left_pad
 from red_cli.rlhf.masking import truncate_after_eos
-from red_cli.rollout import Rollout, logprobs_of
+from red_cli.rollout import Rollout, accepts_logits_to_keep, logprobs_of, response_logits
 
 
 def test_old_logprobs_match_generation_scores():
@@ -30,3 +30,52 @@ def test_old_logprobs_match_generation_scores():
     traj = Rollout(["a", "b", "c"], ["", "", ""], query, qmask, response, rmask)
     got, _ = logprobs_of(model, traj, temperature, micro_batch=2)
     torch.testing.assert_close(got[rmask], expected[rmask], atol=1e-4, rtol=1e-4)
+
+
+class _NoTrim(torch.nn.Module):
+    """A causal LM whose forward has no `logits_to_keep`: the full-logits path."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, input_ids, attention_mask, position_ids, use_cache):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=use_cache)
+
+
+class _EngineLike(torch.nn.Module):
+    """DeepSpeed's engine: forwards **kwargs to `.module`."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, **kwargs):
+        return self.module(**kwargs)
+
+
+def test_response_logits_trimmed_head_equals_full_logits():
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=64, n_embd=32, n_layer=2,
+                                       n_head=2, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    model.eval()
+    query, qmask = left_pad([[1, 5, 6, 7], [1, 11]], pad_id=0)
+    response = torch.tensor([[8, 9, 2, 0, 0], [3, 4, 5, 6, 7]])
+    traj = Rollout(["a", "b"], ["", ""], query, qmask, response, response != 0)
+    assert accepts_logits_to_keep(_EngineLike(model))
+    assert not accepts_logits_to_keep(_NoTrim(model))
+    for temperature in (1.0, 0.5):
+        trimmed = response_logits(_EngineLike(model), traj, temperature)
+        full = response_logits(_NoTrim(model), traj, temperature)
+        assert trimmed.shape == full.shape == (2, 5, 40)
+        torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
+        # Plain loop: logits at position P - 1 + t predict response token t.
+        ids = torch.cat([query, response], 1)
+        mask = torch.cat([qmask, response != 0], 1)
+        for i in range(2):
+            real = mask[i].nonzero()[:, 0]
+            out = model(input_ids=ids[i, real][None]).logits[0] / temperature
+            n_prompt = int(qmask[i].sum())
+            for t in range(int((response[i] != 0).sum())):
+                torch.testing.assert_close(trimmed[i, t], out[n_prompt - 1 + t], atol=1e-4, rtol=1e-4)
