@@ -26,6 +26,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 WANDB_MODES = ("offline", "online", "disabled")
 LAUNCHER_BACKENDS = ("torchrun", "deepspeed")
 DEVICES = ("auto", "cpu", "cuda")
+# The keys of red_cli.adapters.ADAPTERS (a test keeps the two equal).
+DATASET_ADAPTERS = ("column", "imdb", "hh_rlhf", "tldr", "nectar", "pku_saferlhf")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def looks_local(path: str) -> bool:
 
 
 PATH_KEYS = ("policy.path", "policy.tokenizer", "reward_model.path", "reward_model.tokenizer",
-             "dataset.path", "dataset.eval_path")
+             "dataset.path", "dataset.eval_path", "launcher.hostfile")
 
 
 def check_paths(cfg: Any) -> None:
@@ -130,6 +132,14 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
                   f"must be divisible by ppo.micro_batch_size x ranks ({p.micro_batch_size} x {world})")
 
     c.choice("policy.dtype", cfg.policy.dtype, DTYPES)
+    lora = cfg.policy.lora
+    c.require(lora.r >= 0, "policy.lora.r", lora.r, "must be >= 0 (0: no LoRA)")
+    c.require(lora.alpha > 0, "policy.lora.alpha", lora.alpha, "must be > 0")
+    c.require(0.0 <= lora.dropout < 1.0, "policy.lora.dropout", lora.dropout, "must be in [0, 1)")
+    targets = list(lora.target_modules)
+    c.require("all-linear" not in targets or targets == ["all-linear"],
+              "policy.lora.target_modules", targets,
+              "[all-linear] stands alone; otherwise list module names")
     c.choice("reward_model.dtype", cfg.reward_model.dtype, DTYPES)
     c.require(cfg.reward_model.max_length >= 2, "reward_model.max_length",
               cfg.reward_model.max_length, "must be >= 2")
@@ -137,8 +147,24 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
               cfg.reward_model.prefix_chunk_size, "must be >= 1")
     tpl = cfg.reward_model.template
     c.require("{response}" in tpl, "reward_model.template", tpl, "must contain {response}")
-    c.require(cfg.dataset.max_prompt_length >= 1, "dataset.max_prompt_length",
-              cfg.dataset.max_prompt_length, "must be >= 1")
+    lw = cfg.reward_model.label_weights
+    c.require(lw is None or len(lw) >= 1, "reward_model.label_weights", lw,
+              "must be null or one weight per label")
+    ds = cfg.dataset
+    c.require(ds.max_prompt_length >= 1, "dataset.max_prompt_length", ds.max_prompt_length,
+              "must be >= 1")
+    c.choice("dataset.adapter", ds.adapter, DATASET_ADAPTERS)
+    c.require("{prompt}" in ds.prompt_template, "dataset.prompt_template", ds.prompt_template,
+              "must contain {prompt}")
+    c.require(ds.min_prompt_chars >= 0, "dataset.min_prompt_chars", ds.min_prompt_chars,
+              "must be >= 0")
+    c.require(ds.max_prompt_chars is None or ds.max_prompt_chars >= max(ds.min_prompt_chars, 1),
+              "dataset.max_prompt_chars", ds.max_prompt_chars,
+              "must be null or >= max(dataset.min_prompt_chars, 1)")
+    pw = list(ds.prefix_words)
+    c.require(len(pw) == 2 and 1 <= pw[0] <= pw[1], "dataset.prefix_words", pw,
+              "must be [min, max] words with 1 <= min <= max")
+    c.require(ds.min_text_chars >= 0, "dataset.min_text_chars", ds.min_text_chars, "must be >= 0")
 
     c.require(cfg.deepspeed.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage",
               cfg.deepspeed.zero_stage, "must be one of 0, 1, 2, 3")
@@ -148,6 +174,13 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
               cfg.launcher.nproc_per_node, "must be >= 1")
     c.require(cfg.launcher.nnodes >= 1, "launcher.nnodes", cfg.launcher.nnodes, "must be >= 1")
     c.choice("launcher.backend", cfg.launcher.backend, LAUNCHER_BACKENDS)
+    # One `red train` starts every node's ranks only through DeepSpeed's runner (pdsh over a
+    # hostfile); torchrun would start this node's ranks alone.
+    c.require(cfg.launcher.nnodes == 1
+              or (cfg.launcher.backend == "deepspeed" and bool(cfg.launcher.hostfile)),
+              "launcher.nnodes", cfg.launcher.nnodes,
+              "several nodes need launcher.backend=deepspeed and launcher.hostfile "
+              "(README: Several nodes)")
     c.choice("device", cfg.device, DEVICES)
     c.require(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "must be >= 1")
     c.require(cfg.sample_every >= 1, "sample_every", cfg.sample_every, "must be >= 1")

@@ -21,6 +21,21 @@ from red_cli.toy.settings import ToyConfig
 
 
 @dataclass
+class LoraConfig:
+    # Adapter rank; 0 trains every weight (no LoRA). With LoRA the reference is the policy
+    # with its adapters switched off, so no second copy of the model is held.
+    r: int = 0
+    alpha: int = 16
+    # Dropout inside the adapters (0 keeps PPO's old and new logprobs comparable).
+    dropout: float = 0.0
+    # Module names to adapt, e.g. [q_proj, v_proj]; empty: peft's default for the
+    # architecture; [all-linear]: every linear layer but the output layer.
+    target_modules: list[str] = field(default_factory=list)
+    # Adapters on the critic's backbone too (its value head always trains in full).
+    critic: bool = True
+
+
+@dataclass
 class PolicyConfig:
     name: str = MISSING
     # A hub id, a local folder, or `toy:policy` (the embedded task, built on first use).
@@ -31,7 +46,9 @@ class PolicyConfig:
     trust_remote_code: bool = False
     # Applies the tokenizer's chat template to each prompt before generation.
     use_chat_template: bool = False
+    # Recompute activations in the backward pass (policy and critic backbones).
     gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -49,6 +66,9 @@ class RewardModelConfig:
     # Encoders (bidirectional) need one forward per prefix for td; false refuses instead.
     allow_prefix_passes: bool = True
     prefix_chunk_size: int = 64
+    # A k-label classifier as a scalar RM: score = sum_k w_k * logit_k, folded into the output
+    # layer at load time ([-1, 1]: logit[positive] - logit[negative]). null: num_labels must be 1.
+    label_weights: list[float] | None = None
 
 
 @dataclass
@@ -59,7 +79,22 @@ class DatasetConfig:
     split: str = "train"
     eval_path: str | None = None
     eval_split: str = "test"
+    # How rows become prompts: `column` reads prompt_column; imdb | hh_rlhf | tldr | nectar |
+    # pku_saferlhf read that hub dataset's own columns (red_cli/adapters.py).
+    adapter: str = "column"
     prompt_column: str = "prompt"
+    # A hub dataset's sub-folder, e.g. `helpful-base` of Anthropic/hh-rlhf (null: all of it).
+    data_dir: str | None = None
+    # Wraps each adapted prompt, e.g. "\n\nHuman: {prompt}\n\nAssistant:" for a base model.
+    prompt_template: str = "{prompt}"
+    # Length filters on the adapted prompt, in characters (null: no upper bound).
+    min_prompt_chars: int = 1
+    max_prompt_chars: int | None = None
+    # imdb: the prompt is the first k words of a review, k drawn per row in [min, max] from
+    # `seed`; reviews shorter than min_text_chars characters are skipped.
+    prefix_words: list[int] = field(default_factory=lambda: [2, 8])
+    min_text_chars: int = 0
+    seed: int = 0
     # Prompts longer than this many policy tokens are dropped, never silently cut.
     max_prompt_length: int = 64
     # Cap on prompts loaded (None: all).

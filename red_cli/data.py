@@ -1,13 +1,15 @@
 """Prompt datasets -> tokenised, left-padded batches, in a resumable, rank-sharded order.
 
 A dataset is a hub name (`datasets.load_dataset`), a local file (.jsonl/.json/.csv/.parquet)
-or folder, or `toy:prompts_train` / `toy:prompts_eval` from the embedded task. Only the
-prompt column is read.
+or folder, or `toy:prompts_train` / `toy:prompts_eval` from the embedded task. Its rows
+become prompts through ``dataset.adapter`` (red_cli/adapters.py: a plain prompt column, or
+a hub format such as imdb, hh_rlhf, tldr, nectar, pku_saferlhf).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +24,10 @@ class DatasetError(ValueError):
     """A dataset the user pointed at cannot be used; the message names the key."""
 
 
-def load_prompts(path: str, split: str, prompt_column: str, key: str = "dataset.path",
-                 toy_cfg=None, max_prompts: int | None = None) -> list[str]:
-    """Read the prompt column of a dataset as a list of strings."""
+def load_rows(path: str, split: str, key: str = "dataset.path", toy_cfg=None,
+              data_dir: str | None = None):
+    """A dataset as a ``datasets.Dataset``: a local file or saved folder, or a hub name
+    (``datasets.load_dataset(path, split=split, data_dir=data_dir)``)."""
     import datasets
 
     from red_cli.checks import looks_local
@@ -46,22 +49,36 @@ def load_prompts(path: str, split: str, prompt_column: str, key: str = "dataset.
         elif looks_local(path):
             raise DatasetError(f"{key}={path!r}: no such file or directory")
         else:
-            ds = datasets.load_dataset(path, split=split)
+            ds = datasets.load_dataset(path, split=split, data_dir=data_dir)
     except DatasetError:
         raise
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
         raise DatasetError(f"{key}={path!r} (split {split!r}) could not be loaded: {err}") from err
-    if prompt_column not in ds.column_names:
-        raise DatasetError(
-            f"dataset.prompt_column={prompt_column!r} is not a column of {path!r}; "
-            f"columns are: {', '.join(ds.column_names)}"
-        )
-    prompts = [str(p) for p in ds[prompt_column] if p is not None and str(p).strip()]
+    return ds
+
+
+def load_examples(path: str, split: str, prompt_column: str = "prompt", key: str = "dataset.path",
+                  toy_cfg=None, max_prompts: int | None = None, *, adapter: str = "column",
+                  options: dict | None = None, data_dir: str | None = None) -> list:
+    """Prompts (and reference answers) of a dataset through its adapter (red_cli/adapters.py)."""
+    from red_cli.adapters import adapt
+
+    ds = load_rows(path, split, key, toy_cfg, data_dir)
+    examples = adapt(ds, adapter, {**(options or {}), "prompt_column": prompt_column}, source=path)
     if max_prompts is not None:
-        prompts = prompts[:max_prompts]
-    if not prompts:
-        raise DatasetError(f"{key}={path!r}: no non-empty prompts in column {prompt_column!r}")
-    return prompts
+        examples = examples[:max_prompts]
+    if not examples:
+        what = f"column {prompt_column!r}" if adapter == "column" else f"dataset.adapter={adapter!r}"
+        raise DatasetError(f"{key}={path!r}: no non-empty prompts in {what} after the length filters")
+    return examples
+
+
+def load_prompts(path: str, split: str, prompt_column: str = "prompt", key: str = "dataset.path",
+                 toy_cfg=None, max_prompts: int | None = None, *, adapter: str = "column",
+                 options: dict | None = None, data_dir: str | None = None) -> list[str]:
+    """The prompts of :func:`load_examples`."""
+    return [e.prompt for e in load_examples(path, split, prompt_column, key, toy_cfg, max_prompts,
+                                            adapter=adapter, options=options, data_dir=data_dir)]
 
 
 def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = False) -> list[int]:
@@ -70,7 +87,8 @@ def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = False) -> li
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
         )
-        if isinstance(ids, dict):
+        # transformers 5 returns a BatchEncoding (a Mapping, not a dict).
+        if isinstance(ids, Mapping):
             ids = ids["input_ids"]
         return list(ids)
     ids = tokenizer(prompt)["input_ids"]

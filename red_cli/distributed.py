@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,12 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # Raised from inside DeepSpeed's and peft's own calls (ZeRO-3 collectives, LoRA on GPT-2's
+    # Conv1D), once per step: nothing a user can act on.
+    for message in (r"`torch\.distributed\.\w+` is deprecated",
+                    r"`is_gradient_checkpointing` is deprecated",
+                    r"fan_in_fan_out is set to False"):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def setup(device: str) -> DistInfo:
@@ -103,7 +110,7 @@ def ds_config(*, micro_batch: int, grad_accum: int, max_grad_norm: float, zero_s
     if offload_param and zero_stage == 3:
         zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if zero_stage == 3:
-        # Generation walks the layers token by token; gather once per rollout instead.
+        # The final policy is saved whole, gathered from every rank's partition.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     cfg = {
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -113,6 +120,10 @@ def ds_config(*, micro_batch: int, grad_accum: int, max_grad_norm: float, zero_s
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if offload_optimizer:
+        # Our torch AdamW steps on the CPU copy; DeepSpeed otherwise refuses any optimizer
+        # but its compiled CPUAdam (faster there, but a C++ build on first use).
+        cfg["zero_force_ds_cpu_optimizer"] = False
     if precision == "bf16":
         cfg["bf16"] = {"enabled": True}
     elif precision == "fp16":
@@ -150,6 +161,23 @@ def init_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, betas
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
                                       config=config, dist_init_required=False)
     return engine
+
+
+def gathered_for_generation(engine):
+    """A context in which ``engine.module`` holds its full weights (ZeRO-3 only; else a no-op).
+
+    Under ZeRO-3 every forward gathers each layer's weights from all ranks and frees them
+    again, which `generate` would do once per token, and ranks whose responses end early
+    would stop joining those gathers and hang the others. Gathered once for the whole rollout
+    (and DeepSpeed's hooks off meanwhile), generation costs one all-gather and no rank waits.
+    """
+    import contextlib
+
+    if engine.zero_optimization_stage() != 3:
+        return contextlib.nullcontext(engine)
+    from deepspeed.runtime.zero import unwrap_model_for_generation
+
+    return unwrap_model_for_generation(engine)
 
 
 def all_reduce_mean(values: dict[str, float], world_size: int) -> dict[str, float]:
@@ -242,7 +270,9 @@ def save_checkpoint(ckpt_root: Path, iteration: int, engines: dict, trainer_stat
         tmp.mkdir(parents=True)
     barrier(dist.world_size)
     for name, engine in engines.items():
-        engine.save_checkpoint(str(tmp), tag=name, save_latest=False)
+        # Frozen weights (the base model under LoRA) never change: the model load restores them.
+        engine.save_checkpoint(str(tmp), tag=name, save_latest=False,
+                               exclude_frozen_parameters=has_frozen_parameters(engine))
     torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
     if dist.is_main:
         torch.save(trainer_state, tmp / "trainer_state.pt")
@@ -261,11 +291,16 @@ def save_checkpoint(ckpt_root: Path, iteration: int, engines: dict, trainer_stat
     return final
 
 
+def has_frozen_parameters(engine) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
+
+
 def load_checkpoint(ckpt_root: Path, engines: dict, dist: DistInfo) -> dict:
     """Restore engines (weights, optimiser, scheduler) and this rank's RNG; return trainer state."""
     tag_dir = ckpt_root / (ckpt_root / "latest").read_text().strip()
     for name, engine in engines.items():
-        path, _ = engine.load_checkpoint(str(tag_dir), tag=name)
+        path, _ = engine.load_checkpoint(str(tag_dir), tag=name,
+                                         load_module_strict=not has_frozen_parameters(engine))
         if path is None:
             raise RuntimeError(f"could not load the {name} checkpoint from {tag_dir}")
     rng_file = tag_dir / f"rng_rank{dist.rank}.pt"

@@ -212,14 +212,20 @@ def toy_settings(run: RunInfo | None, fallback: Any) -> Any:
 
 
 def prompt_settings(prompts: Any, run: RunInfo | None, n: int) -> dict:
-    """Where prompts come from: explicit keys, else the run's eval split, else the toy's."""
+    """Where prompts come from: explicit keys, else the run's eval split, else the toy's.
+
+    The run's ``dataset.adapter`` (and its options) applies unless ``prompts.column`` names a
+    plain column; the run's ``data_dir`` only when the path is the run's too."""
+    from red_cli.adapters import options_from
+
     ds = run.cfg.dataset if run is not None else None
     path = prompts.path
     split = prompts.split
-    if path is None and ds is not None:
+    from_run = path is None and ds is not None
+    if from_run:
         path = ds.get("eval_path") or ds.path
         split = split or (ds.get("eval_split") if ds.get("eval_path") else ds.get("split"))
-    return {
+    out = {
         "path": path or "toy:prompts_eval",
         "split": split or "test",
         "column": prompts.column or (ds.prompt_column if ds is not None else "prompt"),
@@ -227,6 +233,22 @@ def prompt_settings(prompts: Any, run: RunInfo | None, n: int) -> dict:
         "max_prompt_length": int(prompts.max_prompt_length or
                                  (ds.get("max_prompt_length") if ds is not None else None) or 64),
     }
+    adapter = ds.get("adapter", "column") if ds is not None and prompts.column is None else "column"
+    if adapter != "column":
+        # Only then: an evaluation made before adapters existed keeps its fingerprint.
+        out.update(adapter=adapter, adapter_options=options_from(ds),
+                   data_dir=ds.get("data_dir") if from_run else None)
+    return out
+
+
+def read_prompts(prompt_cfg: dict, toy_cfg: Any) -> list[str]:
+    """The prompt texts :func:`prompt_settings` describes."""
+    from red_cli.data import load_prompts
+
+    return load_prompts(prompt_cfg["path"], prompt_cfg["split"], prompt_cfg["column"],
+                        key="prompts.path", toy_cfg=toy_cfg,
+                        adapter=prompt_cfg.get("adapter", "column"),
+                        options=prompt_cfg.get("adapter_options"), data_dir=prompt_cfg.get("data_dir"))
 
 
 def sampling_settings(sampling: Any, run: RunInfo | None) -> dict:
@@ -386,11 +408,8 @@ def run_eval(cfg: DictConfig) -> dict:
     done = _prepare_dir(out, _fingerprint(cfg, cand_spec, base_spec, prompt_cfg, sampling),
                         cfg.overwrite)
 
-    from red_cli.data import load_prompts
-
     cand = load_side(cand_spec, device)
-    texts = load_prompts(prompt_cfg["path"], prompt_cfg["split"], prompt_cfg["column"],
-                         key="prompts.path", toy_cfg=toy)
+    texts = read_prompts(prompt_cfg, toy)
     prompts = usable_prompts(texts, cand.tokenizer, prompt_cfg["n"],
                              prompt_cfg["max_prompt_length"], cand_spec.use_chat_template)
     if len(prompts) < prompt_cfg["n"]:

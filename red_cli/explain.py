@@ -83,7 +83,6 @@ def compute(cfg: DictConfig) -> tuple[list[Sample], dict]:
     """Sample, score once per mode, and return the samples and a description of the setup."""
     from red_cli import distributed, models
     from red_cli import evaluate as ev
-    from red_cli.data import load_prompts
     from red_cli.judges import load_rm_preset
     from red_cli.rewards import RewardPipeline, ScoreShaper
 
@@ -100,8 +99,7 @@ def compute(cfg: DictConfig) -> tuple[list[Sample], dict]:
     sampling = ev.sampling_settings(cfg.sampling, run)
 
     side = ev.load_side(spec, device)
-    texts = load_prompts(prompt_cfg["path"], prompt_cfg["split"], prompt_cfg["column"],
-                         key="prompts.path", toy_cfg=toy)
+    texts = ev.read_prompts(prompt_cfg, toy)
     prompts = ev.usable_prompts(texts, side.tokenizer, cfg.n_samples,
                                 prompt_cfg["max_prompt_length"], spec.use_chat_template)
     rollout = ev.sample(side, prompts, sampling, ev.batch_seed(cfg.seed, 0), device)
@@ -109,7 +107,8 @@ def compute(cfg: DictConfig) -> tuple[list[Sample], dict]:
     rm_path = models.resolve_path(rm_cfg.path, toy)
     rm_tok = models.load_tokenizer(models.resolve_path(rm_cfg.tokenizer, toy) if rm_cfg.tokenizer
                                    else rm_path, rm_cfg.trust_remote_code, key="reward_model.path")
-    rm = models.load_reward_model(rm_path, rm_cfg.dtype, rm_cfg.trust_remote_code).to(device)
+    rm = models.load_reward_model(rm_path, rm_cfg.dtype, rm_cfg.trust_remote_code,
+                                  label_weights=rm_cfg.get("label_weights")).to(device)
     per_mode = {}
     prompt_scores = None
     for mode in cfg.modes:

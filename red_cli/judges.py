@@ -69,7 +69,8 @@ class RewardModelJudge:
         tok_path = models.resolve_path(rm_cfg.tokenizer, toy_cfg) if rm_cfg.tokenizer else path
         self.tokenizer = models.load_tokenizer(tok_path, rm_cfg.trust_remote_code, key="judge.path")
         self.model = models.load_reward_model(path, rm_cfg.dtype, rm_cfg.trust_remote_code,
-                                              key="judge.path").to(device)
+                                              key="judge.path",
+                                              label_weights=rm_cfg.get("label_weights")).to(device)
         self._sparse = OmegaConf.create({"mode": "sparse"})
         self._pipelines: dict[int, Any] = {}
 

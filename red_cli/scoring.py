@@ -81,13 +81,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _self_attention_modules(model: nn.Module) -> list[nn.Module]:
-    """Innermost modules that own a config and a layer index: the ones that call the
-    AttentionInterface (GPT2Attention, LlamaAttention, BertSelfAttention, ...)."""
+    """Innermost modules that own a config and a layer index (or an ``is_causal`` flag): the
+    ones that call the AttentionInterface (GPT2Attention, LlamaAttention, BertSelfAttention,
+    DistilBertSelfAttention, which has no layer index), in module order."""
     cands = {
         name: m
         for name, m in model.named_modules()
         # Plain attributes live in __dict__; reading it skips nn.Module.__getattr__'s raise.
-        if isinstance(vars(m).get("layer_idx"), int)
+        if (isinstance(vars(m).get("layer_idx"), int) or isinstance(vars(m).get("is_causal"), bool))
         and "config" in vars(m)
         and not vars(m).get("is_cross_attention", False)
         and "Cross" not in type(m).__name__
@@ -266,11 +267,15 @@ def _last_self_attention(model: nn.Module) -> nn.Module:
         modules = _self_attention_modules(model)
         if not modules:
             raise ValueError(
-                f"{type(model).__name__}: no self-attention module with `layer_idx` and "
-                "`config`; the abc attention row needs a transformers model using the "
-                "AttentionInterface"
+                f"{type(model).__name__}: no self-attention module with `config` and "
+                "`layer_idx` or `is_causal`; the abc attention row needs a transformers model "
+                "using the AttentionInterface"
             )
-        module = _LAST_ATTENTION[model] = max(modules, key=lambda m: m.layer_idx)
+        # By layer index where modules have one, else the last in module order.
+        order = {id(m): i for i, m in enumerate(modules)}
+        module = _LAST_ATTENTION[model] = max(
+            modules, key=lambda m: (vars(m).get("layer_idx", -1), order[id(m)])
+        )
     return module
 
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from red_cli import distributed, models
 from red_cli import rollout as ro
+from red_cli.adapters import options_from
 from red_cli.checks import derived_sizes
 from red_cli.data import PromptStream, load_prompts
 from red_cli.metrics import MetricsLogger, plot_curves, read_metrics
@@ -48,6 +49,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     if dist.device.type == "cpu":
         # Exact resume needs bitwise-repeatable kernels; on CPU they cost nothing extra.
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # ...but not NaN-filling every fresh tensor (torch's default in that mode): no kernel
+        # here reads memory it has not written, and the fills cost ~10% of the update.
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
     policy_path = models.resolve_path(cfg.policy.path, cfg.toy)
     rm_path = models.resolve_path(cfg.reward_model.path, cfg.toy)
@@ -55,14 +59,23 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
                                       cfg.policy.trust_remote_code)
     policy = models.load_policy(policy_path, cfg.policy.dtype, cfg.policy.trust_remote_code,
                                 cfg.policy.gradient_checkpointing)
-    reference = models.reference_from(policy)
     rm_tokenizer = models.load_tokenizer(models.resolve_path(cfg.reward_model.tokenizer or rm_path, cfg.toy),
                                          cfg.reward_model.trust_remote_code, key="reward_model.path")
     reward_model = models.load_reward_model(rm_path, cfg.reward_model.dtype,
-                                            cfg.reward_model.trust_remote_code)
+                                            cfg.reward_model.trust_remote_code,
+                                            label_weights=cfg.reward_model.label_weights)
     rewards = RewardPipeline(cfg.redistribution, cfg.reward_model, reward_model, rm_tokenizer, tokenizer)
     critic, critic_init = models.build_critic(p.critic_init, reward_model, policy,
-                                              rewards.rm_is_causal, rewards.same_tokenizer)
+                                              rewards.rm_is_causal, rewards.same_tokenizer,
+                                              cfg.policy.gradient_checkpointing)
+    lora = cfg.policy.lora
+    if lora.r > 0:
+        # After the critic is built: it copies the plain policy, not the adapters.
+        policy = models.add_lora(policy, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        if lora.critic:
+            models.add_critic_lora(critic, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    # Made before the engines exist: under ZeRO-3 a copy made later would copy partitions.
+    reference = models.reference_from(policy)
     for module in (reference, reward_model):
         module.to(dist.device)
     warning = dense_reward_gamma_warning(cfg.redistribution.mode, p.gamma)
@@ -70,7 +83,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         log.warning(warning)
 
     prompts = load_prompts(cfg.dataset.path, cfg.dataset.split, cfg.dataset.prompt_column,
-                           toy_cfg=cfg.toy, max_prompts=cfg.dataset.max_prompts)
+                           toy_cfg=cfg.toy, max_prompts=cfg.dataset.max_prompts,
+                           adapter=cfg.dataset.adapter, options=options_from(cfg.dataset),
+                           data_dir=cfg.dataset.data_dir)
     stream = PromptStream(prompts, tokenizer, global_batch=p.rollout_batch_size, rank=dist.rank,
                           world_size=dist.world_size, seed=cfg.seed,
                           max_prompt_length=cfg.dataset.max_prompt_length,
@@ -122,10 +137,11 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         # -------------------------------------------------------------- 1. rollout
         t0 = time.perf_counter()
         batch = stream.next_batch()
-        traj = ro.generate(policy_engine.module, tokenizer, batch.texts,
-                           batch.input_ids.to(dist.device), batch.attention_mask.to(dist.device),
-                           max_new_tokens=p.max_new_tokens, temperature=p.temperature,
-                           top_k=p.top_k, top_p=p.top_p)
+        with distributed.gathered_for_generation(policy_engine):
+            traj = ro.generate(policy_engine.module, tokenizer, batch.texts,
+                               batch.input_ids.to(dist.device), batch.attention_mask.to(dist.device),
+                               max_new_tokens=p.max_new_tokens, temperature=p.temperature,
+                               top_k=p.top_k, top_p=p.top_p)
         mask = traj.response_mask
         t_rollout = time.perf_counter() - t0
 
@@ -198,7 +214,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     # ------------------------------------------------------------------ finish
     logger.close()
     in_sync = distributed.check_ranks_in_sync(engines, dist)
-    _save_final_policy(policy_engine, tokenizer, run_dir / "checkpoints" / "final_policy", dist)
+    _save_final_policy(policy_engine, tokenizer, run_dir / "checkpoints", dist,
+                       lambda: models.load_policy(policy_path, cfg.policy.dtype,
+                                                  cfg.policy.trust_remote_code))
     if dist.is_main:
         (run_dir / "rank_checksums.json").write_text(json.dumps(in_sync, indent=1) + "\n")
         plot_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "plots" / "curves.png",
@@ -259,14 +277,26 @@ def _gold_judge(cfg):
     return GoldJudge()
 
 
-def _save_final_policy(engine, tokenizer, path: Path, dist) -> None:
-    """The trained policy as a plain Hugging Face folder (`from_pretrained` loads it)."""
+def _save_final_policy(engine, tokenizer, ckpt_root: Path, dist, load_start) -> None:
+    """The trained policy as a plain Hugging Face folder, `final_policy` (`from_pretrained`
+    loads it). With LoRA the adapters alone go to `final_adapter` too, and `final_policy` is
+    the starting policy (``load_start()``, on the CPU) with them merged in."""
+    lora = models.is_lora(engine.module)
     if engine.zero_optimization_stage() == 3:
-        state = engine._zero3_consolidated_16bit_state_dict()
+        # A collective: every rank takes part, rank 0 receives the state dict (with LoRA only
+        # the adapters: the frozen base is read from disk below).
+        state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=lora)
     else:
         state = None
     if dist.is_main:
+        path = ckpt_root / "final_policy"
         path.mkdir(parents=True, exist_ok=True)
-        engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+        if lora:
+            adapter = ckpt_root / "final_adapter"
+            engine.module.save_pretrained(adapter, state_dict=state, safe_serialization=True)
+            merged = models.merged_lora_policy(load_start(), adapter)
+            merged.save_pretrained(path, safe_serialization=True)
+        else:
+            engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(path)
     distributed.barrier(dist.world_size)

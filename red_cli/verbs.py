@@ -55,7 +55,7 @@ def train_verb(cfg: DictConfig) -> None:
 
     try:
         rundir.run_guarded(run_dir, lambda: train(frozen, run_dir, resume=bool(cfg.resume)))
-    except (FileNotFoundError, DatasetError) as err:
+    except (FileNotFoundError, DatasetError, ConfigError) as err:
         # A path or dataset the user named: one line; run.json already says "failed".
         fail("train", f"{err} (run directory {run_dir} marked failed)")
 

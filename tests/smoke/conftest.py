@@ -21,7 +21,7 @@ from red_cli.config import register_configs
 REPO = Path(__file__).resolve().parents[2]
 
 # A few small iterations: enough to exercise every step, small enough for 2 cores.
-QUICK = ["toy=tiny", "+experiment=toy_quick", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4",
+QUICK = ["toy=tiny", "experiment=toy_quick", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4",
          "ppo.micro_batch_size=2", "ppo.max_new_tokens=12", "logger=disabled",
          "logger.progress_bar=false"]
 
