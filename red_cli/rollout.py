@@ -37,6 +37,21 @@ class Rollout:
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.query_mask, self.response_mask], dim=1)
 
+    def without_padding(self) -> Rollout:
+        """The same rows without the columns that are padding in every row.
+
+        Prompts are left-padded and responses right-padded to the longest of the whole
+        rollout; a micro batch of it usually needs fewer columns on both sides. Positions
+        come from the mask, so the real tokens' logits and values do not change.
+        """
+        real_q = self.query_mask.any(0)
+        p0 = int(real_q.int().argmax()) if bool(real_q.any()) else self.query_mask.shape[1]
+        real_r = self.response_mask.any(0).nonzero()
+        t1 = int(real_r.max()) + 1 if len(real_r) else 1
+        return Rollout(self.prompts, self.responses, self.query_ids[:, p0:],
+                       self.query_mask[:, p0:], self.response_ids[:, :t1],
+                       self.response_mask[:, :t1])
+
     def select(self, idx: torch.Tensor) -> Rollout:
         ids = idx.tolist()
         return Rollout([self.prompts[i] for i in ids], [self.responses[i] for i in ids],
@@ -109,21 +124,31 @@ def response_values(critic: nn.Module, rollout: Rollout) -> torch.Tensor:
 @torch.no_grad()
 def logprobs_of(policy: nn.Module, rollout: Rollout, temperature: float, micro_batch: int,
                 with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logprobs (and entropies) of the sampled tokens, [b, T], in micro batches."""
+    """Logprobs (and entropies) of the sampled tokens, [b, T], in micro batches (0 on padding)."""
     lps, ents = [], []
-    for start in range(0, len(rollout.prompts), micro_batch):
-        part = rollout.select(torch.arange(start, min(start + micro_batch, len(rollout.prompts))))
+    T = rollout.response_ids.shape[1]
+    for part in _micro_batches(rollout, micro_batch):
         logits = response_logits(policy, part, temperature)
-        lps.append(gather_logprobs(logits, part.response_ids))
+        lps.append(_pad_to(gather_logprobs(logits, part.response_ids), T))
         if with_entropy:
-            ents.append(entropy_from_logits(logits))
+            ents.append(_pad_to(entropy_from_logits(logits), T))
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
 
 @torch.no_grad()
 def values_of(critic: nn.Module, rollout: Rollout, micro_batch: int) -> torch.Tensor:
-    parts = []
-    for start in range(0, len(rollout.prompts), micro_batch):
-        part = rollout.select(torch.arange(start, min(start + micro_batch, len(rollout.prompts))))
-        parts.append(response_values(critic, part))
-    return torch.cat(parts)
+    """V(state before response token t), [b, T], in micro batches (0 on padding)."""
+    T = rollout.response_ids.shape[1]
+    return torch.cat([_pad_to(response_values(critic, part), T)
+                      for part in _micro_batches(rollout, micro_batch)])
+
+
+def _micro_batches(rollout: Rollout, micro_batch: int):
+    n = len(rollout.prompts)
+    for start in range(0, n, micro_batch):
+        yield rollout.select(torch.arange(start, min(start + micro_batch, n))).without_padding()
+
+
+def _pad_to(x: torch.Tensor, T: int) -> torch.Tensor:
+    """[b, T'] -> [b, T], zeros on the right (response columns dropped as all-padding)."""
+    return torch.nn.functional.pad(x, (0, T - x.shape[1])) if x.shape[1] < T else x

@@ -240,12 +240,16 @@ def _ppo_epochs(policy_engine, critic_engine, traj: ro.Rollout, old_logprobs, ol
             mini = order[mb_start:mb_start + sizes.mini_per_rank]
             for mc_start in range(0, len(mini), p.micro_batch_size):
                 idx = mini[mc_start:mc_start + p.micro_batch_size]
-                part = traj.select(idx)
+                # Columns that are padding in every row of this micro batch cost compute and
+                # change nothing: dropped (docs/PERFORMANCE.md).
+                part = traj.select(idx).without_padding()
                 mask = part.response_mask
+                T = mask.shape[1]
 
                 logits = ro.response_logits(policy_engine, part, p.temperature)
                 logprobs = gather_logprobs(logits, part.response_ids)
-                pl = policy_loss(logprobs, old_logprobs[idx], advantages[idx], mask, p.cliprange)
+                pl = policy_loss(logprobs, old_logprobs[idx, :T], advantages[idx, :T], mask,
+                                 p.cliprange)
                 # Entropy keeps its graph only when it is part of the loss.
                 entropy = masked_mean(
                     entropy_from_logits(logits if p.ent_coef > 0 else logits.detach()), mask)
@@ -254,7 +258,8 @@ def _ppo_epochs(policy_engine, critic_engine, traj: ro.Rollout, old_logprobs, ol
                 policy_engine.step()
 
                 values = ro.response_values(critic_engine, part)
-                vl = value_loss(values, old_values[idx], returns[idx], mask, p.cliprange_value)
+                vl = value_loss(values, old_values[idx, :T], returns[idx, :T], mask,
+                                p.cliprange_value)
                 critic_engine.backward(p.vf_coef * vl.loss)
                 critic_engine.step()
 

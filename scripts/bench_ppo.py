@@ -2,7 +2,8 @@
 
     python scripts/bench_ppo.py                       # toy + gpt2-small, ~10 min on 2 CPU cores
     python scripts/bench_ppo.py --models toy --rounds 8
-    python scripts/bench_ppo.py --compare-update      # also: update phase, before/after speed-up
+    python scripts/bench_ppo.py --compare-update      # also: sparse as the code was before the
+                                                      # speed-up of the update (before/after)
 
 What it runs: the same functions `red train` runs (red_cli.rollout, red_cli.rewards,
 red_cli.rlhf, train_ppo._ppo_epochs on DeepSpeed engines with torch AdamW), on one process.
@@ -28,6 +29,7 @@ Tokens per second: generate counts generated tokens; forwards and update count e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -97,8 +99,8 @@ def engines_for(policy, critic, p: PPOConfig, sizes):
             distributed.init_engine(critic, lr=p.critic_learning_rate, weight_decay=0.0, **common))
 
 
-def rest_of_iteration(mode, pipe, traj, policy_engine, critic_engine, reference, p, sizes,
-                      update_fn) -> dict[str, float]:
+def rest_of_iteration(mode, pipe, traj, policy_engine, critic_engine, reference, p,
+                      sizes) -> dict[str, float]:
     times = {}
     t0 = time.perf_counter()
     old_lp, _ = ro.logprobs_of(policy_engine.module, traj, p.temperature, p.micro_batch_size)
@@ -114,8 +116,8 @@ def rest_of_iteration(mode, pipe, traj, policy_engine, critic_engine, reference,
     t0 = time.perf_counter()
     adv, ret = compute_gae(shaped.rewards, old_values, traj.response_mask, p.gamma, p.gae_lambda)
     adv = masked_whiten(adv, traj.response_mask)
-    update_fn(policy_engine, critic_engine, traj, old_lp, old_values, adv, ret,
-              SimpleNamespace(ppo=p), sizes)
+    _ppo_epochs(policy_engine, critic_engine, traj, old_lp, old_values, adv, ret,
+                SimpleNamespace(ppo=p), sizes)
     times["update"] = time.perf_counter() - t0
     return times
 
@@ -131,7 +133,8 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict) -> dict:
     stream = PromptStream(load_prompts("toy:prompts_train", "train", "prompt"), tokenizer,
                           global_batch=p.rollout_batch_size, rank=0, world_size=1, seed=seed,
                           max_prompt_length=16)
-    runs = [(m, v) for m in MODES for v in variants]
+    # The update's speed-up does not depend on the mode: its "before" runs with sparse only.
+    runs = [(m, "current") for m in MODES] + [("sparse", v) for v in variants if v != "current"]
     results: dict = {r: {ph: [] for ph in (*PHASES, "iteration")} for r in runs}
     tokens = {"generate": [], "read": []}
     for r in range(rounds + 1):  # round 0 warms up (allocator, DeepSpeed's first step)
@@ -143,8 +146,9 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict) -> dict:
         t_gen = time.perf_counter() - t0
         order = runs[r % len(runs):] + runs[:r % len(runs)]
         for mode, variant in order:
-            times = rest_of_iteration(mode, pipes[mode], traj, policy_engine, critic_engine,
-                                      reference, p, sizes, variants[variant])
+            with variants[variant]():
+                times = rest_of_iteration(mode, pipes[mode], traj, policy_engine, critic_engine,
+                                          reference, p, sizes)
             if r == 0:
                 continue
             times["generate"] = t_gen
@@ -175,7 +179,7 @@ def table(model: str, out: dict, base_variant: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (mode, variant), d in res.items():
-        base = res[("sparse", variant)]["iteration"]
+        base = res[("sparse", base_variant)]["iteration"]
         ratio = statistics.median(a / b for a, b in zip(d["iteration"], base))
         m = med[(mode, variant)]
         lines.append(f"| {mode} | {variant} | {m['generate']:.3f} | {m['forwards']:.3f} | "
@@ -187,19 +191,18 @@ def table(model: str, out: dict, base_variant: str) -> str:
               f"{2 * p.ppo_epochs * read_tok / m['update']:.0f} tok/s; score "
               f"{read_tok / m['score']:.0f} tok/s (median {gen_tok:.0f} generated, "
               f"{read_tok:.0f} read tokens per rollout)."]
-    variants = sorted({v for _, v in res})
-    if len(variants) > 1:
-        other = next(v for v in variants if v != base_variant)
-        for mode in MODES:
-            a, b = res[(mode, other)]["update"], res[(mode, base_variant)]["update"]
-            ratio = statistics.median(x / y for x, y in zip(a, b))
-            lines.append(f"Update phase, {other} / {base_variant} ({mode}, paired median): "
-                         f"{ratio:.3f}")
+    for mode, other in res:
+        if other != base_variant:
+            for ph in ("update", "forwards", "iteration"):
+                a, b = res[(mode, other)][ph], res[(mode, base_variant)][ph]
+                ratio = statistics.median(x / y for x, y in zip(a, b))
+                lines.append(f"{ph} phase, {other} / {base_variant} ({mode}, paired median of "
+                             f"{len(a)} rounds): {ratio:.3f}")
     return "\n".join(lines)
 
 
 def _response_logits_before(policy, rollout, temperature):
-    """red_cli.rollout.response_logits as it was before the speed-up (git 8b8eaa0)."""
+    """red_cli.rollout.response_logits as it was before the speed-up (git 0629705)."""
     mask = rollout.attention_mask
     logits = policy(input_ids=rollout.input_ids, attention_mask=mask.long(),
                     position_ids=position_ids_from_mask(mask), use_cache=False).logits
@@ -207,14 +210,22 @@ def _response_logits_before(policy, rollout, temperature):
     return logits[:, start:start + rollout.response_ids.shape[1]].float() / temperature
 
 
-def update_before(*args):
-    """The update phase as it was: LM head on every position, NaN-filled fresh tensors."""
-    with mock.patch.object(ro, "response_logits", _response_logits_before):
+class Before:
+    """The code as it was before the speed-up (git 0629705): every micro batch padded to the
+    whole rollout's widest prompt and longest response, the LM head on every position,
+    fresh tensors NaN-filled (torch's default under deterministic algorithms)."""
+
+    def __enter__(self):
+        self.patches = [mock.patch.object(ro, "response_logits", _response_logits_before),
+                        mock.patch.object(ro.Rollout, "without_padding", lambda self: self)]
+        for patch in self.patches:
+            patch.start()
         torch.utils.deterministic.fill_uninitialized_memory = True
-        try:
-            return _ppo_epochs(*args)
-        finally:
-            torch.utils.deterministic.fill_uninitialized_memory = False
+
+    def __exit__(self, *exc):
+        for patch in self.patches:
+            patch.stop()
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def main() -> None:
@@ -232,9 +243,9 @@ def main() -> None:
     # As `red train` sets them on CPU.
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
-    variants = {"current": _ppo_epochs}
+    variants = {"current": contextlib.nullcontext}
     if args.compare_update:
-        variants["before"] = update_before
+        variants["before"] = Before
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores", flush=True)
     for model in args.models.split(","):

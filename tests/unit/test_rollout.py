@@ -79,3 +79,39 @@ def test_response_logits_trimmed_head_equals_full_logits():
             n_prompt = int(qmask[i].sum())
             for t in range(int((response[i] != 0).sum())):
                 torch.testing.assert_close(trimmed[i, t], out[n_prompt - 1 + t], atol=1e-4, rtol=1e-4)
+
+
+def test_micro_batches_without_padding_columns_give_the_same_numbers():
+    """logprobs_of / values_of drop columns that are padding in a whole micro batch; the
+    real tokens' numbers must not change (a plain loop over rows, unpadded, is the twin)."""
+    from red_cli.models import Critic
+    from red_cli.rollout import values_of
+
+    torch.manual_seed(2)
+    config = GPT2Config(vocab_size=40, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = GPT2LMHeadModel(config).eval()
+    critic = Critic(model.transformer, torch.nn.Linear(32, 1)).eval()
+    # Rows 0-1 share short prompts and responses; rows 2-3 carry the long ones.
+    query, qmask = left_pad([[1, 5], [1, 6, 7], [1, 5, 6, 7, 8, 9], [1, 11, 12, 13]], pad_id=0)
+    lengths = torch.tensor([2, 1, 6, 4])
+    response = torch.randint(3, 40, (4, 6))
+    rmask = torch.arange(6)[None, :] < lengths[:, None]
+    response = response.masked_fill(~rmask, 0)
+    traj = Rollout(list("abcd"), [""] * 4, query, qmask, response, rmask)
+    part = traj.select(torch.tensor([0, 1])).without_padding()
+    assert part.query_ids.shape[1] == 3 and part.response_ids.shape[1] == 2
+    with torch.no_grad():
+        lp, _ = logprobs_of(model, traj, 1.0, micro_batch=2)
+        values = values_of(critic, traj, micro_batch=2)
+        for i in range(4):
+            q = query[i, qmask[i]]
+            ids = torch.cat([q, response[i, : lengths[i]]])[None]
+            logits = model(input_ids=ids).logits[0].log_softmax(-1)
+            v = critic(ids, torch.ones_like(ids))[0]
+            for t in range(int(lengths[i])):
+                pos = len(q) - 1 + t
+                torch.testing.assert_close(lp[i, t], logits[pos, response[i, t]], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(values[i, t], v[pos], atol=1e-5, rtol=1e-5)
+    # The columns dropped from the first micro batch (rows 0-1 need 2 of 6) come back as 0.
+    assert (lp[:2, 2:] == 0).all() and (values[:2, 2:] == 0).all()
