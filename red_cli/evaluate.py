@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from red_cli.rundir import load_frozen
+
 log = logging.getLogger("red")
 
 
@@ -128,7 +130,7 @@ def load_run(path: str) -> RunInfo | None:
     run_dir = Path(path).expanduser()
     if not (run_dir / "config.yaml").is_file():
         return None
-    return RunInfo(run_dir.resolve(), OmegaConf.load(run_dir / "config.yaml"))
+    return RunInfo(run_dir.resolve(), load_frozen(run_dir))
 
 
 def slug(text: str) -> str:

@@ -22,6 +22,16 @@ def freeze(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 
+def load_frozen(run_dir: Path) -> DictConfig:
+    """A run's config.yaml, with keys added to the schemas since it was written at their
+    defaults (so a run made by an older `red` still resumes and evaluates)."""
+    from red_cli.config import TrainConfig
+
+    frozen = OmegaConf.load(Path(run_dir) / "config.yaml")
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), frozen)
+    return OmegaConf.create(OmegaConf.to_container(merged))
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(

@@ -38,7 +38,7 @@ def train_verb(cfg: DictConfig) -> None:
             fail("train", f"resume={cfg.resume}: {problem}", run_dir)
         remove_if_empty(run_dir)
         run_dir = resume_dir
-        frozen = OmegaConf.load(run_dir / "config.yaml")
+        frozen = rundir.load_frozen(run_dir)
         log.info("resuming %s from its last checkpoint", run_dir)
     else:
         from hydra.core.hydra_config import HydraConfig

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from red_cli.rundir import load_frozen
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
 
-    cfg = OmegaConf.load(args.run_dir / "config.yaml")
+    cfg = load_frozen(args.run_dir)
     from red_cli import distributed
 
     distributed.prepare_env(cfg.device)

@@ -96,3 +96,24 @@ def test_dense_reward_gamma_warning():
     assert dense_reward_gamma_warning("sparse", 0.9) is None
     # Every mode but sparse is dense: a new mode must be classified here.
     assert DENSE_MODES | {"sparse"} == set(REDISTRIBUTORS)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
+def test_sparse_with_potential_critic_has_td_advantages_with_zero_critic(lam):
+    """Why td barely changes the toy runs (docs/RESULTS.md): with gamma = 1, a critic whose
+    value before token t is the RM prefix score Phi_t = R(x, y<t) (R(x) before the first
+    token) turns the sparse reward's TD errors into exactly td's per-token rewards,
+    delta_t = Phi_{t+1} - Phi_t, so sparse + that critic has the advantages td has with V = 0."""
+    torch.manual_seed(0)
+    # Responses start at index 0 and end at their EOS (as the trainer's do).
+    mask = torch.arange(10)[None, :] < torch.tensor([1, 10, 3, 7, 9, 2, 10, 5])[:, None]
+    prefix = torch.randn(8, 10, dtype=torch.float64)  # R(x, y<=t) at each response token
+    prompt = torch.randn(8, dtype=torch.float64)  # R(x)
+    last = mask.long().cumsum(-1).argmax(-1)
+    score = prefix[torch.arange(8), last]  # r_C = R(x, y), read at the last real token
+    # V before token t: R(x) for t = 0, else R(x, y<=t-1).
+    potential = torch.cat([prompt[:, None], prefix[:, :-1]], dim=1)
+    sparse_adv, _ = compute_gae(REDISTRIBUTORS["sparse"](score, mask), potential, mask, 1.0, lam)
+    td = REDISTRIBUTORS["td"](prefix, prompt, mask, first_token="prompt_baseline", beta_c=1.0)
+    td_adv, _ = compute_gae(td, torch.zeros_like(potential), mask, 1.0, lam)
+    torch.testing.assert_close(sparse_adv[mask], td_adv[mask])
