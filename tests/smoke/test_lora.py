@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -90,6 +91,9 @@ def test_lora_run_trains_adapters_resumes_and_evals(tiny_toy, tmp_path):
     assert result["n"] == 4
 
 
+# ZeRO-3 on two ranks is in the default run (test_distributed_resume.py); with LoRA on top
+# it is ~35 s more, so it runs with `-m slow`.
+@pytest.mark.slow
 def test_lora_zero3_two_ranks(tiny_toy, tmp_path):
     """ZeRO-3 over two CPU ranks, with LoRA and gradient checkpointing: weights gathered for
     generation, ranks in sync, the final policy consolidated from both partitions."""
