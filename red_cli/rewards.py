@@ -13,9 +13,10 @@ from typing import Any, NamedTuple
 import torch
 
 from red_cli import align, distributed
+from red_cli.checks import ConfigError
 from red_cli.rlhf.masking import first_true_index, last_true_index
 from red_cli.rlhf.redistribution import get_redistributor
-from red_cli.scoring import is_causal_rm, score_batch
+from red_cli.scoring import attention_row_problem, is_causal_rm, score_batch
 
 
 class Scored(NamedTuple):
@@ -96,6 +97,14 @@ class RewardPipeline:
         self.rm_is_causal = is_causal_rm(reward_model)
         self.same_tokenizer = align.same_tokenizer(policy_tokenizer, rm_tokenizer)
         self.identity = align.use_identity(policy_tokenizer, rm_tokenizer, self.template)
+        if self.mode == "abc":
+            problem = attention_row_problem(reward_model)
+            if problem:
+                raise ConfigError(
+                    f"redistribution=abc cannot read this reward model's attention ({problem}); "
+                    "use redistribution=td, sparse or uniform, or a reward model whose attention "
+                    "goes through transformers' AttentionInterface (GPT-2, LLaMA, BERT, ...)"
+                )
         if self.mode == "td" and not self.rm_is_causal and not self.allow_prefix_passes:
             raise ValueError(
                 "redistribution=td needs prefix scores, and this reward model is bidirectional: "

@@ -314,6 +314,19 @@ def _capture_pooled_row(
 # --------------------------------------------------------------------------- scoring
 
 
+def attention_row_problem(model: nn.Module) -> str | None:
+    """Why abc's attention row cannot be read from ``model`` (None if it can): one forward
+    of two tokens through the same capture abc uses, run once at start-up."""
+    model = _unwrap(model)
+    device = next(model.parameters()).device
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    try:
+        score_batch(model, ids, torch.ones_like(ids), positions=False, attention=True)
+    except (ValueError, RuntimeError, NotImplementedError) as err:
+        return str(err)
+    return None
+
+
 def score_batch(
     model: nn.Module,
     input_ids: Tensor,

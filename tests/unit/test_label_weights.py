@@ -103,3 +103,31 @@ def test_loader_folds_or_refuses_a_multi_label_classifier(tmp_path):
         load_reward_model(str(tmp_path / "rm"))
     model = load_reward_model(str(tmp_path / "rm"), label_weights=[-1.0, 1.0])
     assert model.config.num_labels == 1 and not any(p.requires_grad for p in model.parameters())
+
+
+def test_abc_refuses_at_start_up_a_reward_model_whose_attention_it_cannot_read():
+    """DeBERTa computes attention itself (no AttentionInterface): abc says so before training,
+    in one message naming the redistribution, while a DistilBERT / GPT-2 RM passes the probe."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from red_cli.rewards import RewardPipeline
+    from red_cli.scoring import attention_row_problem
+
+    deberta = DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, num_labels=1, pad_token_id=PAD)).eval()
+    assert attention_row_problem(deberta)
+    assert attention_row_problem(_distilbert(1)) is None
+    assert attention_row_problem(_gpt2(1)) is None
+
+    class Tok:
+        pad_token_id, eos_token_id = PAD, SEP
+
+        def get_vocab(self):
+            return {"a": 5}
+
+    rm_cfg = type("RM", (), dict(use_chat_template=False, template="{prompt}{response}",
+                                 max_length=64, allow_prefix_passes=True, prefix_chunk_size=8))
+    red_cfg = type("Red", (), dict(mode="abc", beta=0.8))
+    with pytest.raises(ConfigError, match="redistribution=abc cannot read"):
+        RewardPipeline(red_cfg, rm_cfg, deberta, Tok(), Tok())
