@@ -130,6 +130,11 @@ class ABCConfig(RedistributionBase):
     beta: float = 0.8
 
 
+# mode -> its schema (`conf/redistribution/<mode>.yaml` extends `schema/redistribution/<mode>`).
+REDISTRIBUTION_SCHEMAS = {"sparse": SparseConfig, "td": TDConfig, "abc": ABCConfig,
+                          "uniform": UniformConfig}
+
+
 @dataclass
 class PPOConfig:
     iterations: int = 60
@@ -240,10 +245,5 @@ def register_configs() -> None:
     from red_cli.config_eval import register_eval_configs
 
     register_eval_configs()
-    for name, node in (
-        ("sparse", SparseConfig),
-        ("uniform", UniformConfig),
-        ("td", TDConfig),
-        ("abc", ABCConfig),
-    ):
+    for name, node in REDISTRIBUTION_SCHEMAS.items():
         cs.store(group="schema/redistribution", name=name, node=node)

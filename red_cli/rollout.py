@@ -83,8 +83,8 @@ def response_logits(policy: nn.Module, rollout: Rollout, temperature: float) -> 
     """Logits [b, T, V] that predicted each response token, divided by the sampling temperature.
 
     Only the last T + 1 positions go through the LM head (`logits_to_keep`): the prompt
-    positions' logits were never used, and at GPT-2's vocabulary they cost a third of the
-    model's FLOPs plus a [b, L, V] buffer forward and backward (docs/PERFORMANCE.md).
+    positions' logits were never used, and skipping them drops a [b, L, V] buffer forward
+    and backward (memory; no measurable time on CPU: docs/PERFORMANCE.md).
     """
     mask = rollout.attention_mask
     T = rollout.response_ids.shape[1]
@@ -100,18 +100,12 @@ def response_logits(policy: nn.Module, rollout: Rollout, temperature: float) -> 
 def accepts_logits_to_keep(model: nn.Module) -> bool:
     """Whether the causal LM's forward can skip the LM head on positions we never read."""
     inner = model
-    while True:  # DeepSpeed engine -> (peft model ->) HF model
-        nxt = getattr(inner, "module", None)
-        if not isinstance(nxt, nn.Module):
-            break
-        inner = nxt
-    cached = getattr(inner, "_red_logits_to_keep", None)
-    if cached is None:
-        get_base = getattr(inner, "get_base_model", None)
-        target = get_base() if callable(get_base) else inner
-        cached = "logits_to_keep" in inspect.signature(target.forward).parameters
-        inner._red_logits_to_keep = cached
-    return cached
+    # DeepSpeed engine / AdaptersDisabled -> (peft model ->) HF model
+    while isinstance(getattr(inner, "module", None), nn.Module):
+        inner = inner.module
+    get_base = getattr(inner, "get_base_model", None)
+    target = get_base() if callable(get_base) else inner
+    return "logits_to_keep" in inspect.signature(target.forward).parameters
 
 
 def response_values(critic: nn.Module, rollout: Rollout) -> torch.Tensor:

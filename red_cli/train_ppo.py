@@ -49,8 +49,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     if dist.device.type == "cpu":
         # Exact resume needs bitwise-repeatable kernels; on CPU they cost nothing extra.
         torch.use_deterministic_algorithms(True, warn_only=True)
-        # ...but not NaN-filling every fresh tensor (torch's default in that mode): no kernel
-        # here reads memory it has not written, and the fills cost ~10% of the update.
+        # ...but not NaN-filling every fresh tensor (torch's default in that mode, a debugging
+        # aid): no kernel here reads memory it has not written.
         torch.utils.deterministic.fill_uninitialized_memory = False
 
     policy_path = models.resolve_path(cfg.policy.path, cfg.toy)

@@ -46,7 +46,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from red_cli import distributed, models  # noqa: E402
 from red_cli import rollout as ro  # noqa: E402
 from red_cli.checks import derived_sizes  # noqa: E402
-from red_cli.config import ABCConfig, PPOConfig, SparseConfig, TDConfig, UniformConfig  # noqa: E402
+from red_cli.config import REDISTRIBUTION_SCHEMAS, PPOConfig, RewardModelConfig  # noqa: E402
 from red_cli.data import PromptStream, load_prompts  # noqa: E402
 from red_cli.rewards import RewardPipeline, ScoreShaper  # noqa: E402
 from red_cli.rlhf.gae import compute_gae  # noqa: E402
@@ -55,7 +55,7 @@ from red_cli.rlhf.masking import masked_whiten  # noqa: E402
 from red_cli.scoring import position_ids_from_mask  # noqa: E402
 from red_cli.train_ppo import _ppo_epochs  # noqa: E402
 
-MODES = {"sparse": SparseConfig(), "td": TDConfig(), "abc": ABCConfig(), "uniform": UniformConfig()}
+MODES = {mode: schema() for mode, schema in REDISTRIBUTION_SCHEMAS.items()}
 PHASES = ("generate", "forwards", "score", "update")
 # Sizes per model: what `red train`'s default uses for the toy; a shrunken batch for
 # gpt2-small so that a round takes seconds, not minutes, on 2 cores.
@@ -127,8 +127,7 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict) -> dict:
     sizes = derived_sizes(p, 1)
     tokenizer, policy, reference, rm, critic = build(model, seed)
     policy_engine, critic_engine = engines_for(policy, critic, p, sizes)
-    rm_cfg = SimpleNamespace(use_chat_template=False, template="{prompt}{response}",
-                             max_length=256, allow_prefix_passes=True, prefix_chunk_size=64)
+    rm_cfg = RewardModelConfig(name="toy", path="toy:rm", max_length=256)
     pipes = {m: RewardPipeline(c, rm_cfg, rm, tokenizer, tokenizer) for m, c in MODES.items()}
     stream = PromptStream(load_prompts("toy:prompts_train", "train", "prompt"), tokenizer,
                           global_batch=p.rollout_batch_size, rank=0, world_size=1, seed=seed,

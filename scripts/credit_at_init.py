@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -29,13 +28,13 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from red_cli import models  # noqa: E402
 from red_cli import rollout as ro  # noqa: E402
-from red_cli.config import ABCConfig, SparseConfig, TDConfig, UniformConfig  # noqa: E402
+from red_cli.config import REDISTRIBUTION_SCHEMAS, RewardModelConfig  # noqa: E402
 from red_cli.data import PromptStream, load_prompts  # noqa: E402
 from red_cli.rewards import RewardPipeline, ScoreShaper  # noqa: E402
 from red_cli.rlhf.gae import compute_gae  # noqa: E402
 from red_cli.rlhf.masking import masked_whiten  # noqa: E402
 
-MODES = {"sparse": SparseConfig(), "td": TDConfig(), "abc": ABCConfig(), "uniform": UniformConfig()}
+MODES = {mode: schema() for mode, schema in REDISTRIBUTION_SCHEMAS.items()}
 
 
 @torch.no_grad()
@@ -52,8 +51,7 @@ def main() -> None:
     rm = models.load_reward_model(models.resolve_path("toy:rm"))
     critics = {init: models.build_critic(init, rm, policy, True, True)[0].eval()
                for init in ("reward_model", "policy")}
-    rm_cfg = SimpleNamespace(use_chat_template=False, template="{prompt}{response}",
-                             max_length=256, allow_prefix_passes=True, prefix_chunk_size=64)
+    rm_cfg = RewardModelConfig(name="toy", path="toy:rm", max_length=256)
     pipes = {m: RewardPipeline(c, rm_cfg, rm, tok, tok) for m, c in MODES.items()}
     stream = PromptStream(load_prompts("toy:prompts_train", "train", "prompt"), tok,
                           global_batch=args.batch_size, rank=0, world_size=1, seed=args.seed,

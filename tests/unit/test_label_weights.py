@@ -110,6 +110,7 @@ def test_abc_refuses_at_start_up_a_reward_model_whose_attention_it_cannot_read()
     in one message naming the redistribution, while a DistilBERT / GPT-2 RM passes the probe."""
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
+    from red_cli.config import ABCConfig, RewardModelConfig
     from red_cli.rewards import RewardPipeline
     from red_cli.scoring import attention_row_problem
 
@@ -126,8 +127,6 @@ def test_abc_refuses_at_start_up_a_reward_model_whose_attention_it_cannot_read()
         def get_vocab(self):
             return {"a": 5}
 
-    rm_cfg = type("RM", (), dict(use_chat_template=False, template="{prompt}{response}",
-                                 max_length=64, allow_prefix_passes=True, prefix_chunk_size=8))
-    red_cfg = type("Red", (), dict(mode="abc", beta=0.8))
+    rm_cfg = RewardModelConfig(name="deberta", path="unused", max_length=64)
     with pytest.raises(ConfigError, match="redistribution=abc cannot read"):
-        RewardPipeline(red_cfg, rm_cfg, deberta, Tok(), Tok())
+        RewardPipeline(ABCConfig(), rm_cfg, deberta, Tok(), Tok())
