@@ -5,8 +5,9 @@
     python scripts/bench_ppo.py --compare-update      # also: sparse as the code was before the
                                                       # speed-up of the update (before/after)
 
-What it runs: the same functions `red train` runs (red_cli.rollout, red_cli.rewards,
-red_cli.rlhf, train_ppo._ppo_epochs on DeepSpeed engines with torch AdamW), on one process.
+What it runs: the same functions `red train` runs (red_cli.generation, red_cli.train.forwards,
+red_cli.reward, red_cli.modes, red_cli.rlhf, train.loop._ppo_epochs on DeepSpeed engines
+with torch AdamW), on one process.
 
   toy         the embedded task's SFT policy and causal RM (built on first use, cached)
   gpt2-small  random-init GPT-2 small shapes (768 / 12 layers / 12 heads / vocab 50257) for
@@ -43,19 +44,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from red_cli import distributed, models  # noqa: E402
-from red_cli import rollout as ro  # noqa: E402
-from red_cli.checks import derived_sizes  # noqa: E402
-from red_cli.config import REDISTRIBUTION_SCHEMAS, PPOConfig, RewardModelConfig  # noqa: E402
+from red_cli import models  # noqa: E402
+from red_cli.config.schema import PPOConfig, RewardModelConfig  # noqa: E402
 from red_cli.data import PromptStream, load_prompts  # noqa: E402
-from red_cli.rewards import RewardPipeline, ScoreShaper  # noqa: E402
-from red_cli.rlhf.gae import compute_gae  # noqa: E402
+from red_cli.generation import Rollout, Sampling  # noqa: E402
+from red_cli.generation.hf import HFGenerator  # noqa: E402
+from red_cli.modes import registry  # noqa: E402
+from red_cli.reward.pipeline import RewardPipeline  # noqa: E402
+from red_cli.reward.shaping import ScoreShaper  # noqa: E402
+from red_cli.reward.stack import RewardStack  # noqa: E402
 from red_cli.rlhf.kl import add_kl_to_rewards  # noqa: E402
-from red_cli.rlhf.masking import masked_whiten  # noqa: E402
-from red_cli.scoring import position_ids_from_mask  # noqa: E402
-from red_cli.train_ppo import _ppo_epochs  # noqa: E402
+from red_cli.rlhf.masking import position_ids_from_mask  # noqa: E402
+from red_cli.toy import resolve_path  # noqa: E402
+from red_cli.train import distributed, forwards  # noqa: E402
+from red_cli.train.estimators import GAE  # noqa: E402
+from red_cli.train.loop import _ppo_epochs  # noqa: E402
+from red_cli.train.setup import derived_sizes  # noqa: E402
 
-MODES = {mode: schema() for mode, schema in REDISTRIBUTION_SCHEMAS.items()}
+MODES = registry()
 PHASES = ("generate", "forwards", "score", "update")
 # Sizes per model: what `red train`'s default uses for the toy; a shrunken batch for
 # gpt2-small so that a round takes seconds, not minutes, on 2 cores.
@@ -71,10 +77,10 @@ GPT2_SMALL = dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positio
 def build(model: str, seed: int):
     """Policy, reference, RM, tokenizer, critic: as train_ppo builds them."""
     torch.manual_seed(seed)
-    tokenizer = models.load_tokenizer(models.resolve_path("toy:policy"))
+    tokenizer = models.load_tokenizer(resolve_path("toy:policy"))
     if model == "toy":
-        policy = models.load_policy(models.resolve_path("toy:policy"))
-        rm = models.load_reward_model(models.resolve_path("toy:rm"))
+        policy = models.load_policy(resolve_path("toy:policy"))
+        rm = models.load_reward_model(resolve_path("toy:rm"))
     else:
         from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
@@ -103,19 +109,20 @@ def rest_of_iteration(mode, pipe, traj, policy_engine, critic_engine, reference,
                       sizes) -> dict[str, float]:
     times = {}
     t0 = time.perf_counter()
-    old_lp, _ = ro.logprobs_of(policy_engine.module, traj, p.temperature, p.micro_batch_size)
-    ref_lp, _ = ro.logprobs_of(reference, traj, p.temperature, p.micro_batch_size)
-    old_values = ro.values_of(critic_engine.module, traj, p.micro_batch_size)
+    old_lp = forwards.logprobs_of(policy_engine.module, traj, p.temperature, p.micro_batch_size)
+    ref_lp = forwards.logprobs_of(reference, traj, p.temperature, p.micro_batch_size)
+    old_values = forwards.values_of(critic_engine.module, traj, p.micro_batch_size)
     times["forwards"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     scored = pipe(traj, ScoreShaper("none", None, None), 1)
-    shaped = add_kl_to_rewards(scored.rewards, old_lp, ref_lp, traj.response_mask, p.kl_coef, "k1")
+    credit = mode.apply(scored.signals, mode.knobs())
+    shaped = add_kl_to_rewards(credit.rewards, old_lp, ref_lp, traj.response_mask, p.kl_coef, "k1")
     times["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    adv, ret = compute_gae(shaped.rewards, old_values, traj.response_mask, p.gamma, p.gae_lambda)
-    adv = masked_whiten(adv, traj.response_mask)
+    adv, ret = GAE(p.gamma, p.gae_lambda, whiten=True)(shaped.rewards, old_values,
+                                                        traj.response_mask)
     _ppo_epochs(policy_engine, critic_engine, traj, old_lp, old_values, adv, ret,
                 SimpleNamespace(ppo=p), sizes)
     times["update"] = time.perf_counter() - t0
@@ -128,7 +135,9 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict) -> dict:
     tokenizer, policy, reference, rm, critic = build(model, seed)
     policy_engine, critic_engine = engines_for(policy, critic, p, sizes)
     rm_cfg = RewardModelConfig(name="toy", path="toy:rm", max_length=256)
-    pipes = {m: RewardPipeline(c, rm_cfg, rm, tokenizer, tokenizer) for m, c in MODES.items()}
+    pipes = {m: RewardPipeline(RewardStack(rm_cfg, rm, tokenizer), tokenizer, mode.needs)
+             for m, mode in MODES.items()}
+    generator = HFGenerator(tokenizer, Sampling(p.max_new_tokens))
     stream = PromptStream(load_prompts("toy:prompts_train", "train", "prompt"), tokenizer,
                           global_batch=p.rollout_batch_size, rank=0, world_size=1, seed=seed,
                           max_prompt_length=16)
@@ -139,14 +148,13 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict) -> dict:
     for r in range(rounds + 1):  # round 0 warms up (allocator, DeepSpeed's first step)
         batch = stream.next_batch()
         t0 = time.perf_counter()
-        traj = ro.generate(policy_engine.module, tokenizer, batch.texts, batch.input_ids,
-                           batch.attention_mask, max_new_tokens=p.max_new_tokens,
-                           temperature=1.0, top_k=0, top_p=1.0)
+        traj = generator.generate(policy_engine.module, batch.texts, batch.input_ids,
+                                  batch.attention_mask)
         t_gen = time.perf_counter() - t0
         order = runs[r % len(runs):] + runs[:r % len(runs)]
         for mode, variant in order:
             with variants[variant]():
-                times = rest_of_iteration(mode, pipes[mode], traj, policy_engine, critic_engine,
+                times = rest_of_iteration(MODES[mode], pipes[mode], traj, policy_engine, critic_engine,
                                           reference, p, sizes)
             if r == 0:
                 continue
@@ -207,7 +215,7 @@ def table(model: str, out: dict, base_variant: str) -> str:
 
 
 def _response_logits_before(policy, rollout, temperature):
-    """red_cli.rollout.response_logits as it was before the speed-up (git 0629705)."""
+    """forwards.response_logits as it was before the speed-up (git 0629705)."""
     mask = rollout.attention_mask
     logits = policy(input_ids=rollout.input_ids, attention_mask=mask.long(),
                     position_ids=position_ids_from_mask(mask), use_cache=False).logits
@@ -221,8 +229,8 @@ class Before:
     fresh tensors NaN-filled (torch's default under deterministic algorithms)."""
 
     def __enter__(self):
-        self.patches = [mock.patch.object(ro, "response_logits", _response_logits_before),
-                        mock.patch.object(ro.Rollout, "without_padding", lambda self: self)]
+        self.patches = [mock.patch.object(forwards, "response_logits", _response_logits_before),
+                        mock.patch.object(Rollout, "without_padding", lambda self: self)]
         for patch in self.patches:
             patch.start()
         torch.utils.deterministic.fill_uninitialized_memory = True

@@ -59,7 +59,8 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from red_cli.scoring import last_real_index, position_ids_from_mask, score_batch  # noqa: E402
+from red_cli.reward.scoring import score_batch  # noqa: E402
+from red_cli.rlhf.masking import last_true_index, position_ids_from_mask  # noqa: E402
 
 MODELS = {
     "toy": dict(n_embd=128, n_layer=4, n_head=4),
@@ -135,7 +136,7 @@ def eager_abc(eager, ids, mask):
         output_attentions=True,
         use_cache=False,
     )
-    pooled = last_real_index(mask)
+    pooled = last_true_index(mask.bool())
     ar = torch.arange(ids.shape[0])
     scores = eager.score(out.last_hidden_state[ar, pooled])[:, 0]
     return scores, out.attentions[-1].mean(1)[ar, pooled]

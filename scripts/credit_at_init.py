@@ -27,14 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from red_cli import models  # noqa: E402
-from red_cli import rollout as ro  # noqa: E402
-from red_cli.config import REDISTRIBUTION_SCHEMAS, RewardModelConfig  # noqa: E402
+from red_cli.config.schema import RewardModelConfig  # noqa: E402
 from red_cli.data import PromptStream, load_prompts  # noqa: E402
-from red_cli.rewards import RewardPipeline, ScoreShaper  # noqa: E402
+from red_cli.generation import Sampling  # noqa: E402
+from red_cli.generation.hf import HFGenerator  # noqa: E402
+from red_cli.modes import registry  # noqa: E402
+from red_cli.reward.pipeline import RewardPipeline  # noqa: E402
+from red_cli.reward.shaping import ScoreShaper  # noqa: E402
+from red_cli.reward.stack import RewardStack  # noqa: E402
 from red_cli.rlhf.gae import compute_gae  # noqa: E402
 from red_cli.rlhf.masking import masked_whiten  # noqa: E402
+from red_cli.toy import resolve_path  # noqa: E402
+from red_cli.train.forwards import values_of  # noqa: E402
 
-MODES = {mode: schema() for mode, schema in REDISTRIBUTION_SCHEMAS.items()}
+# The order of the table's rows.
+MODES = {name: registry()[name] for name in ("sparse", "td", "abc", "uniform")}
 
 
 @torch.no_grad()
@@ -46,25 +53,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    tok = models.load_tokenizer(models.resolve_path("toy:policy"))
-    policy = models.load_policy(models.resolve_path("toy:policy")).eval()
-    rm = models.load_reward_model(models.resolve_path("toy:rm"))
+    tok = models.load_tokenizer(resolve_path("toy:policy"))
+    policy = models.load_policy(resolve_path("toy:policy")).eval()
+    rm = models.load_reward_model(resolve_path("toy:rm"))
     critics = {init: models.build_critic(init, rm, policy, True, True)[0].eval()
                for init in ("reward_model", "policy")}
     rm_cfg = RewardModelConfig(name="toy", path="toy:rm", max_length=256)
-    pipes = {m: RewardPipeline(c, rm_cfg, rm, tok, tok) for m, c in MODES.items()}
+    pipes = {m: RewardPipeline(RewardStack(rm_cfg, rm, tok), tok, mode.needs)
+             for m, mode in MODES.items()}
+    generator = HFGenerator(tok, Sampling(args.max_new_tokens))
     stream = PromptStream(load_prompts("toy:prompts_train", "train", "prompt"), tok,
                           global_batch=args.batch_size, rank=0, world_size=1, seed=args.seed,
                           max_prompt_length=16)
     adv: dict[tuple[str, str], list[torch.Tensor]] = {}
     for _ in range(args.batches):
         b = stream.next_batch()
-        traj = ro.generate(policy, tok, b.texts, b.input_ids, b.attention_mask,
-                           max_new_tokens=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0)
+        traj = generator.generate(policy, b.texts, b.input_ids, b.attention_mask)
         mask = traj.response_mask
-        values = {init: ro.values_of(c, traj, args.batch_size) for init, c in critics.items()}
+        values = {init: values_of(c, traj, args.batch_size) for init, c in critics.items()}
         for mode, pipe in pipes.items():
-            rewards = pipe(traj, ScoreShaper("none", None, None), 1).rewards
+            signals = pipe(traj, ScoreShaper("none", None, None), 1).signals
+            rewards = MODES[mode].apply(signals, MODES[mode].knobs()).rewards
             for init, v in values.items():
                 a, _ = compute_gae(rewards, v, mask, 1.0, 0.95)
                 adv.setdefault((mode, init), []).append(masked_whiten(a, mask)[mask])

@@ -1,4 +1,4 @@
-"""Generalised Advantage Estimation over per-token rewards, and the discount warning.
+"""Generalised Advantage Estimation over per-token rewards.
 
 Shapes: b batch, T response length. ``response_mask`` [b, T] bool is True on real response
 tokens (through EOS) and False on padding; real tokens are contiguous within a row.
@@ -9,9 +9,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-
-# Modes that place reward before the last token; "sparse" is the only other mode.
-DENSE_MODES = frozenset({"td", "abc", "uniform"})
 
 
 class GAEOutput(NamedTuple):
@@ -48,7 +45,7 @@ def compute_gae(
         rewards: [b, T] per-token rewards (redistributed, KL included).
         values: [b, T] critic values V_t of the state before token t is emitted.
         response_mask: [b, T] bool, True on real response tokens.
-        gamma: discount; keep 1 for dense modes (see ``dense_reward_gamma_warning``).
+        gamma: discount; keep 1 for dense rewards (``red_cli.modes.gamma_warning``).
         gae_lambda: GAE lambda.
 
     Returns:
@@ -72,20 +69,3 @@ def compute_gae(
     advantages = torch.stack(advantages_reversed[::-1], dim=1)
     returns = torch.where(response_mask, advantages + values, zero)
     return GAEOutput(advantages=advantages, returns=returns)
-
-
-def dense_reward_gamma_warning(mode: str, gamma: float) -> str | None:
-    """A one-line warning when a dense redistribution mode is combined with gamma < 1.
-
-    With gamma = 1, td is potential-based reward shaping (potential = the prefix score;
-    Ng et al. 1999), and abc/uniform move reward within an episode without changing its
-    return, so the optimal policy matches sparse. With gamma < 1 earlier tokens are
-    discounted differently, so the objective changes (PAPERS.md, td: "return equivalence").
-    Returns None when there is nothing to warn about.
-    """
-    if mode in DENSE_MODES and gamma < 1.0:
-        return (
-            f"redistribution={mode} with gamma={gamma} < 1: dense per-token rewards are only "
-            f"return-equivalent to the sparse score (potential-based shaping) with gamma=1"
-        )
-    return None

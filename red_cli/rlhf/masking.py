@@ -141,3 +141,13 @@ def truncate_after_eos(
     response_mask = ~(eos_before | pad_at_or_before)
     ids = torch.where(response_mask, response_ids, pad_token_id)
     return ids, response_mask
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[b, L] position ids counting real tokens only, for a mask of any padding side.
+
+    ``pos_j = max(sum_{i <= j} m_i - 1, 0)``, so a left-padded row is numbered exactly as the
+    same sequence alone (GPT-2 would otherwise count the padding on the left). Every forward
+    over a padded [query | response] batch passes these, as HF's `generate` does.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -12,8 +12,8 @@ not start at index 0; an all-False row (nothing generated) gets all-zero rewards
 
 Per-token KL is added afterwards by ``red_cli.rlhf.kl``, the same way for every mode. Never
 whiten or clip the output (it breaks return equivalence): normalise the score beforehand.
-Look a mode up once with ``get_redistributor(name)``; the functions take different extra
-inputs, so the caller passes what the chosen mode needs.
+The modes themselves (which readings each needs, its knobs, its checks) are specs in
+``red_cli.modes`` that call these functions.
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ _FIRST_TOKEN_BASELINES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.T
     # r~_first = P[first]; the sum is exactly r_C = P[last].
     "absolute": lambda first_score, prompt_scores: torch.zeros_like(prompt_scores),
 }
+TD_FIRST_TOKEN = tuple(_FIRST_TOKEN_BASELINES)
 
 
 def td(
@@ -128,7 +129,7 @@ def td(
     indices), so rows whose response starts later than index 0 telescope correctly; the
     paper's default is beta_c = 1 (Li et al. 2024, arXiv 2411.08302; PAPERS.md 2).
     The sequence score is P_last, read at the pooled position. With gamma < 1 this is no
-    longer potential-based shaping: see ``gae.dense_reward_gamma_warning``.
+    longer potential-based shaping: see ``red_cli.modes.gamma_warning``.
 
     Args:
         position_scores: [b, T], reward head at every response position; padding ignored.
@@ -164,6 +165,31 @@ def td(
     previous = torch.where(prev_index >= 0, prev_score, baseline[:, None])
     time_difference = _zero_outside(scores - previous, response_mask)
     return beta_c * time_difference + (1.0 - beta_c) * sparse(last_score, response_mask)
+
+
+def td_total(
+    position_scores: torch.Tensor,
+    prompt_scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    first_token: str = "prompt_baseline",
+    beta_c: float = 1.0,
+) -> torch.Tensor:
+    """What each row of :func:`td` sums to, from the same inputs (its invariant).
+
+        beta_c * (P_last - baseline) + (1 - beta_c) * P_last
+
+    with ``baseline`` per ``first_token`` (R(x), P_first or 0), P_last / P_first the prefix
+    scores at the last / first real token. The differences telescope, so this is computed
+    without them; a test checks it against ``td(...).sum(-1)``.
+
+    Args: as :func:`td`. Returns: [b].
+    """
+    _check_shapes(response_mask, prompt_scores, position_scores=position_scores)
+    last = position_scores.gather(1, last_true_index(response_mask).clamp(min=0)[:, None])
+    first = position_scores.gather(1, first_true_index(response_mask).clamp(min=0)[:, None])
+    last, first = last.squeeze(1), first.squeeze(1)
+    baseline = _FIRST_TOKEN_BASELINES[first_token](first, prompt_scores)
+    return beta_c * (last - baseline) + (1 - beta_c) * last
 
 
 def abc(
@@ -204,21 +230,3 @@ def abc(
         uniform(torch.ones_like(scores), response_mask),
     )
     return beta * weights * scores[:, None] + (1.0 - beta) * sparse(scores, response_mask)
-
-
-REDISTRIBUTORS: dict[str, Callable[..., torch.Tensor]] = {
-    "sparse": sparse,
-    "td": td,
-    "abc": abc,
-    "uniform": uniform,
-}
-
-
-def get_redistributor(name: str) -> Callable[..., torch.Tensor]:
-    """Look a redistribution mode up by name once, at setup; ValueError lists valid names."""
-    try:
-        return REDISTRIBUTORS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown redistribution mode {name!r}; valid choices: {sorted(REDISTRIBUTORS)}"
-        ) from None

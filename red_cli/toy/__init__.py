@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from red_cli.toy.build import ToyArtifacts, ensure_toy, format_summary, resolve_toy_path
     from red_cli.toy.judge import GoldJudge, gold_scores
 
-__all__ = ["GoldJudge", "ToyArtifacts", "ToyConfig", "ensure_toy", "format_summary",
-           "gold_scores", "resolve_toy_path"]
+__all__ = ["PREFIX", "GoldJudge", "ToyArtifacts", "ToyConfig", "ensure_toy", "format_summary",
+           "gold_scores", "is_toy", "resolve_path", "resolve_toy_path"]
 
 _LAZY = {
     "ToyArtifacts": "red_cli.toy.build",
@@ -26,6 +26,23 @@ _LAZY = {
     "GoldJudge": "red_cli.toy.judge",
     "gold_scores": "red_cli.toy.judge",
 }
+
+
+PREFIX = "toy:"
+
+
+def is_toy(path: Any) -> bool:
+    """Whether a model, tokenizer or dataset path names an artifact of the embedded task."""
+    return isinstance(path, str) and path.startswith(PREFIX)
+
+
+def resolve_path(path: str, toy_cfg: Any = None) -> str:
+    """A `toy:*` name becomes the cached toy artifact (built on first use); others pass through."""
+    if not is_toy(path):
+        return path
+    from red_cli.toy.build import resolve_toy_path
+
+    return str(resolve_toy_path(path, toy_cfg if toy_cfg is not None else ToyConfig()))
 
 
 def __getattr__(name: str) -> Any:

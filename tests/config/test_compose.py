@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
-from dataclasses import fields, is_dataclass
-from pathlib import Path
+from dataclasses import fields
 
 import pytest
 import yaml
@@ -12,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from red_cli import config as schemas
-from red_cli.checks import ConfigError, validate_train
-from red_cli.cli import _register_resolvers, conf_dir
+from red_cli.config import conf_dir, register_configs, register_resolvers
+from red_cli.config.checks import validate_train
+from red_cli.errors import ConfigError
 
 CONF = conf_dir()
 # conf/hydra/ holds Hydra's own groups (launcher presets): tests/smoke/test_cluster_launch.py.
@@ -39,8 +37,8 @@ def _options(group: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hydra_ctx():
-    _register_resolvers()
-    schemas.register_configs()
+    register_resolvers()
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="test"):
         yield
 
@@ -84,12 +82,37 @@ def test_option_composes_and_validates(hydra_ctx, group, option):
                 assert k in cfg[group], f"{group}/{option}.yaml key {k} missing after compose"
 
 
-def test_redistribution_schemas_are_per_mode(hydra_ctx):
-    assert _compose(["redistribution=abc"]).redistribution.beta == 0.8
-    with pytest.raises(ConfigCompositionException):
-        _compose(["redistribution=td", "redistribution.beta=0.5"])
-    with pytest.raises(ConfigCompositionException):
-        _compose(["redistribution=abc", "redistribution.beta_c=0.5"])
+def test_every_mode_keeps_its_knobs_under_its_name(hydra_ctx):
+    from red_cli.modes import registry
+
+    cfg = _compose(["redistribution=abc"])
+    assert cfg.redistribution.mode == "abc" and cfg.redistribution.abc.beta == 0.8
+    assert set(registry()) <= set(cfg.redistribution)
+    # Another mode's knob composes (an experiment may set every mode's knobs) ...
+    assert _compose(["redistribution=td", "redistribution.abc.beta=0.5"]).redistribution.abc.beta == 0.5
+    # ... but a knob no mode has, or one at the old flat place, is a typo.
+    for typo in ("redistribution.beta=0.5", "redistribution.abc.beta_c=0.5",
+                 "redistribution.td.beta=0.5"):
+        with pytest.raises(ConfigCompositionException):
+            _compose(["redistribution=abc", typo])
+
+
+def test_every_mode_has_a_yaml_selecting_it():
+    from red_cli.modes import registry
+
+    assert set(_options("redistribution")) == set(registry())
+    for name in registry():
+        assert OmegaConf.load(CONF / "redistribution" / f"{name}.yaml").mode == name
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+@pytest.mark.parametrize("mode", _options("redistribution"))
+def test_every_experiment_composes_with_every_mode(hydra_ctx, experiment, mode):
+    """`red train -m experiment=X redistribution=a,b,c`: the command line picks the mode, the
+    experiment's knobs for each mode stay where that mode reads them."""
+    cfg = _compose([f"experiment={experiment}", f"redistribution={mode}"])
+    assert cfg.redistribution.mode == mode
+    validate_train(cfg, world_size=1)
 
 
 @pytest.mark.parametrize("override", ["ppo.not_a_key=1", "ppo.cliprange=abc",
@@ -109,6 +132,8 @@ def test_typos_fail_at_compose(hydra_ctx, override):
     ("deepspeed.zero_stage=4", "deepspeed.zero_stage"),
     ("logger.wandb_mode=cloud", "logger.wandb_mode"),
     ("reward_model.template='{prompt}'", "reward_model.template"),
+    ("redistribution.td.first_token=prompt", "redistribution.td.first_token"),
+    ("ppo.estimator=vtrace", "ppo.estimator"),
     ("policy.lora.r=-1", "policy.lora.r"),
     ("policy.lora.target_modules=[all-linear,c_fc]", "policy.lora.target_modules"),
 ])
@@ -122,8 +147,10 @@ def test_range_checks_name_the_key(hydra_ctx, override, key):
 
 
 def test_abc_beta_range(hydra_ctx):
-    with pytest.raises(ConfigError, match=r"redistribution\.beta="):
-        validate_train(_compose(["redistribution=abc", "redistribution.beta=1.5"]))
+    with pytest.raises(ConfigError, match=r"redistribution\.abc\.beta=1\.5: must be in \[0, 1\]"):
+        validate_train(_compose(["redistribution=abc", "redistribution.abc.beta=1.5"]))
+    # The knobs of a mode not in use are not checked.
+    validate_train(_compose(["redistribution=td", "redistribution.abc.beta=1.5"]))
 
 
 def test_batch_sizes_must_divide_over_ranks(hydra_ctx):
@@ -141,45 +168,17 @@ def test_toy_yaml_mirrors_dataclass():
     assert dict(yaml) == {f.name: getattr(ToyConfig(), f.name) for f in fields(ToyConfig)}
 
 
-def _schema_fields(node, prefix=""):
-    for f in fields(node):
-        yield prefix + f.name, f
-        if is_dataclass(f.type if not isinstance(f.type, str) else None):
-            yield from _schema_fields(f.type, prefix + f.name + ".")
-
-
-def test_no_dead_keys():
-    """Every schema field is read somewhere in red_cli (as an attribute or a literal key)."""
-    src = ""
-    for path in Path(schemas.__file__).parent.rglob("*.py"):
-        if path.name != "config.py":
-            src += path.read_text()
-    used = {n.attr for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Attribute)}
-    used |= {n.value for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Constant)
-             and isinstance(n.value, str)}
-    dead = []
-    for schema in (schemas.PolicyConfig, schemas.LoraConfig, schemas.RewardModelConfig,
-                   schemas.DatasetConfig,
-                   schemas.TDConfig, schemas.ABCConfig, schemas.PPOConfig,
-                   schemas.DeepSpeedConfig, schemas.LoggerConfig, schemas.LauncherConfig,
-                   schemas.TrainConfig, schemas.ToyVerbConfig):
-        for f in fields(schema):
-            if f.name not in used:
-                dead.append(f"{schema.__name__}.{f.name}")
-    assert not dead, f"schema fields never read in red_cli: {dead}"
-
-
 @pytest.mark.parametrize("override,key", [("policy.path=/no/such/model", "policy.path"),
                                           ("dataset.path=./missing.jsonl", "dataset.path")])
 def test_missing_local_paths_are_config_errors(hydra_ctx, override, key):
-    from red_cli.checks import check_paths
+    from red_cli.config.checks import check_paths
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_paths(_compose([override]))
 
 
 def test_hub_ids_are_not_checked_as_paths(hydra_ctx):
-    from red_cli.checks import check_paths
+    from red_cli.config.checks import check_paths
 
     check_paths(_compose(["policy.path=meta-llama/Llama-3.1-8B", "dataset.path=imdb"]))
 
@@ -195,20 +194,20 @@ def test_hub_ids_are_not_checked_as_paths(hydra_ctx):
                   "dataset": "tldr", "redistribution": "td"}),
 ])
 def test_paper_experiments_pick_their_presets(hydra_ctx, experiment, groups):
-    cfg = _compose([f"experiment={experiment}"])
+    cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     assert cfg.experiment == experiment
     for group, option in groups.items():
-        name = cfg[group].mode if group == "redistribution" else cfg[group].name
-        assert name == option, group
+        assert cfg.hydra.runtime.choices[group] == option, group
+    assert cfg.redistribution.mode == groups["redistribution"]
     # PAPERS.md: the numbers each paper states.
     if experiment.startswith("abc"):
-        assert cfg.redistribution.beta == 0.8
+        assert cfg.redistribution.abc.beta == 0.8
         assert (cfg.ppo.learning_rate, cfg.ppo.rollout_batch_size, cfg.ppo.ppo_epochs) == (1.41e-5, 16, 4)
         assert (cfg.ppo.adaptive_kl, cfg.ppo.kl_coef, cfg.ppo.kl_target, cfg.ppo.kl_horizon) == (
             True, 0.2, 6.0, 10000)
         assert (cfg.ppo.vf_coef, cfg.ppo.cliprange, cfg.ppo.cliprange_value) == (0.1, 0.2, 0.2)
     else:
-        assert cfg.redistribution.beta_c == 1.0
+        assert cfg.redistribution.td.beta_c == 1.0
         assert (cfg.ppo.kl_coef, cfg.ppo.adaptive_kl, cfg.ppo.learning_rate,
                 cfg.ppo.critic_learning_rate, cfg.ppo.critic_weight_decay) == (0.02, False, 1e-5, 5e-6, 0.0)
     assert (cfg.ppo.gamma, cfg.ppo.gae_lambda) == (1.0, 0.95)
@@ -217,7 +216,8 @@ def test_paper_experiments_pick_their_presets(hydra_ctx, experiment, groups):
 def test_command_line_beats_the_experiment(hydra_ctx):
     cfg = _compose(["experiment=red_nectar", "policy=qwen2_5_7b_instruct", "dataset.path=./x.jsonl",
                     "ppo.kl_coef=0.05"])
-    assert cfg.policy.name == "qwen2_5_7b_instruct" and cfg.ppo.kl_coef == 0.05
+    qwen = OmegaConf.load(CONF / "policy" / "qwen2_5_7b_instruct.yaml")
+    assert cfg.policy.path == qwen.path and cfg.ppo.kl_coef == 0.05
     # The eval split follows a local dataset file instead of reaching for the hub.
     assert cfg.dataset.eval_path == "./x.jsonl"
 
@@ -226,11 +226,13 @@ def test_imdb_reward_is_positive_minus_negative(hydra_ctx):
     assert list(_compose(["reward_model=distilbert_imdb"]).reward_model.label_weights) == [-1.0, 1.0]
 
 
-def test_adapter_names_match_the_adapters():
-    from red_cli.adapters import ADAPTERS
-    from red_cli.checks import DATASET_ADAPTERS
+def test_names_the_checks_list_match_their_registries():
+    from red_cli.config.checks import DATASET_ADAPTERS, ESTIMATORS
+    from red_cli.data.adapters import ADAPTERS
+    from red_cli.train.estimators import ESTIMATORS as BUILT
 
     assert tuple(ADAPTERS) == DATASET_ADAPTERS
+    assert tuple(BUILT) == ESTIMATORS
 
 
 @pytest.mark.parametrize("override,key", [

@@ -15,8 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from red_cli.cli import _register_resolvers, conf_dir
-from red_cli.config import register_configs
+from red_cli.config import conf_dir, register_configs, register_resolvers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +46,7 @@ def tiny_toy(red_env):
 
 def compose_train(overrides: list[str], run_dir) -> OmegaConf:
     """The config `red train <overrides>` would run, resolved, writing into ``run_dir``."""
-    _register_resolvers()
+    register_resolvers()
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="test"):
         cfg = compose("train", overrides=overrides)

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from red_cli import rundir
-from red_cli.metrics import read_metrics
+from red_cli import runs
+from red_cli.runs import read_metrics
 from tests.smoke.conftest import QUICK, red
 
 # Wall-clock measurements differ between any two runs; everything else must not.
@@ -31,7 +31,7 @@ def test_two_ranks_stay_in_sync(tiny_toy, tmp_path, stage):
     red("train", *QUICK, f"deepspeed=zero{stage}", "launcher.nproc_per_node=2",
         "ppo.iterations=2", "hydra.run.dir=run", cwd=tmp_path)
     run = tmp_path / "run"
-    assert rundir.read_status(run) == "complete"
+    assert runs.read_status(run) == "complete"
     assert [p.name for p in tmp_path.iterdir()] == ["run"], "one run directory for both ranks"
     sums = json.loads((run / "rank_checksums.json").read_text())
     for name in ("policy", "critic"):
@@ -57,10 +57,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_toy, tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert rundir.read_status(tmp_path / "killed") == "running"  # not passed off as complete
+    assert runs.read_status(tmp_path / "killed") == "running"  # not passed off as complete
 
     red("train", "resume=killed", cwd=tmp_path)
-    assert rundir.read_status(tmp_path / "killed") == "complete"
+    assert runs.read_status(tmp_path / "killed") == "complete"
     straight = _comparable(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     resumed = _comparable(read_metrics(tmp_path / "killed" / "metrics.jsonl"))
     assert [m["iteration"] for m in resumed] == [0, 1, 2, 3, 4]
@@ -78,8 +78,8 @@ def test_multirun_sweep_one_dir_per_job(tiny_toy, tmp_path):
     jobs = sorted(p for p in (tmp_path / "outputs" / "multirun").glob("*/*/*") if p.is_dir())
     assert len(jobs) == 4
     for job in jobs:
-        assert rundir.read_status(job) == "complete"
-    modes = sorted(json.dumps(rundir.read_overrides(j)) for j in jobs)
+        assert runs.read_status(job) == "complete"
+    modes = sorted(json.dumps(runs.read_overrides(j)) for j in jobs)
     assert len(set(modes)) == 4
 
 
@@ -89,4 +89,4 @@ def test_full_mode_sweep_two_seeds(tiny_toy, tmp_path):
     red("train", "-m", *QUICK, "redistribution=sparse,td,abc,uniform", "seed=0,1", cwd=tmp_path,
         timeout=1800)
     jobs = [p for p in (tmp_path / "outputs" / "multirun").glob("*/*/*") if p.is_dir()]
-    assert len(jobs) == 8 and all(rundir.read_status(j) == "complete" for j in jobs)
+    assert len(jobs) == 8 and all(runs.read_status(j) == "complete" for j in jobs)

@@ -84,7 +84,7 @@ def test_eval_gold_two_runs(tiny_toy, tmp_path, capsys, monkeypatch):
     assert (again / "generations.jsonl").read_text() == (out / "generations.jsonl").read_text()
 
     # Interrupted after one batch: the rest is generated and judged, the first batch is not.
-    from red_cli.judges import GoldScoreJudge
+    from red_cli.eval.judges import GoldScoreJudge
 
     lines = (again / "generations.jsonl").read_text().splitlines(keepends=True)
     (again / "generations.jsonl").write_text("".join(lines[:4]) + lines[4][:20])  # torn line

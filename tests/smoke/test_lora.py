@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from red_cli import rundir
+from red_cli import runs
 from red_cli.cli import main
-from red_cli.metrics import read_metrics
+from red_cli.runs import read_metrics
 from tests.smoke.conftest import QUICK, compose_train, red
 
 LORA = ["policy.lora.r=4", "policy.lora.alpha=8"]
@@ -52,11 +52,11 @@ def _trainable_saved(ckpt_dir, name):
 
 
 def test_lora_run_trains_adapters_resumes_and_evals(tiny_toy, tmp_path):
-    from red_cli.train_ppo import train
+    from red_cli.train.loop import train
 
     run = tmp_path / "run"
     cfg = compose_train([*QUICK, *LORA, "ppo.iterations=3", "checkpoint_every=1"], run)
-    rundir.create(run, cfg, [])
+    runs.create(run, cfg, [])
     train(cfg, run)
     ckpt = run / "checkpoints"
     _assert_moved_only_through_adapters(tiny_toy.policy, ckpt)
@@ -78,7 +78,7 @@ def test_lora_run_trains_adapters_resumes_and_evals(tiny_toy, tmp_path):
     (ckpt / "latest").write_text("iter_1\n")
     shutil.rmtree(ckpt / "final_adapter")
     shutil.rmtree(ckpt / "final_policy")
-    rundir.write_status(run, "running")
+    runs.write_status(run, "running")
     train(cfg, run, resume=True)
     assert _comparable(read_metrics(run / "metrics.jsonl")) == straight
     again = load_file(str(ckpt / "final_adapter" / "adapter_model.safetensors"))
@@ -101,7 +101,7 @@ def test_lora_zero3_two_ranks(tiny_toy, tmp_path):
         "policy.gradient_checkpointing=true", "ppo.iterations=2", "hydra.run.dir=run",
         cwd=tmp_path)
     run = tmp_path / "run"
-    assert rundir.read_status(run) == "complete"
+    assert runs.read_status(run) == "complete"
     sums = json.loads((run / "rank_checksums.json").read_text())
     for name in ("policy", "critic"):
         assert len(sums[name]) == 2 and sums[name][0] == sums[name][1], sums

@@ -15,8 +15,8 @@ import random
 
 import pytest
 
-from red_cli import rundir
-from red_cli.metrics import read_metrics
+from red_cli import runs
+from red_cli.runs import read_metrics
 from red_cli.toy.tokenizer import train_bpe, train_wordpiece
 from tests.smoke.conftest import red
 
@@ -43,10 +43,10 @@ def _save(model, tokenizer, path):
 
 def _run(tmp_path, *overrides):
     red("train", *overrides, cwd=tmp_path)
-    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
-    assert len(runs) == 1
-    run = runs[0]
-    assert rundir.read_status(run) == "complete"
+    found = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(found) == 1
+    run = found[0]
+    assert runs.read_status(run) == "complete"
     metrics = read_metrics(run / "metrics.jsonl")
     assert [m["iteration"] for m in metrics] == [0, 1]
     for m in metrics:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from red_cli import align
 from red_cli.data import left_pad
+from red_cli.reward import align
+from red_cli.reward.scoring import score_batch
 from red_cli.rlhf.redistribution import td
-from red_cli.scoring import score_batch
 
 TEXTS = ["the acting was not good at all", "i loved the music", "plot was dull but the cast shone"]
 

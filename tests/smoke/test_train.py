@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from red_cli import rundir
-from red_cli.metrics import read_metrics
+from red_cli import runs
+from red_cli.runs import read_metrics
 from tests.smoke.conftest import QUICK, compose_train, red
 
 CASES = [("sparse", "toy"), ("td", "toy"), ("abc", "toy"), ("uniform", "toy"),
@@ -24,11 +24,11 @@ def _weights(folder):
 
 @pytest.mark.parametrize("mode,rm", CASES)
 def test_mode_trains_end_to_end(tiny_toy, tmp_path, mode, rm):
-    from red_cli.train_ppo import train
+    from red_cli.train.loop import train
 
     cfg = compose_train([*QUICK, f"redistribution={mode}", f"reward_model={rm}",
                          "ppo.iterations=2", "checkpoint_every=1", "sample_every=1"], tmp_path)
-    rundir.create(tmp_path, cfg, [])
+    runs.create(tmp_path, cfg, [])
     last = train(cfg, tmp_path)
 
     metrics = read_metrics(tmp_path / "metrics.jsonl")
@@ -65,10 +65,10 @@ def test_mode_trains_end_to_end(tiny_toy, tmp_path, mode, rm):
 def test_red_train_command(tiny_toy, tmp_path):
     """The real CLI in a subprocess: one run directory, complete, with every artifact."""
     red("train", *QUICK, "redistribution=abc", cwd=tmp_path)
-    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
-    assert len(runs) == 1
-    run = runs[0]
-    assert rundir.read_status(run) == "complete"
+    found = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(found) == 1
+    run = found[0]
+    assert runs.read_status(run) == "complete"
     for name in ("config.yaml", "environment.txt", "metrics.jsonl", "plots/curves.png",
                  "checkpoints/latest", "checkpoints/final_policy/model.safetensors"):
         assert (run / name).exists(), name

@@ -7,8 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from red_cli.adapters import ADAPTERS, AdapterOptions, dialogue_turns, prefix_lengths
-from red_cli.data import DatasetError, load_examples, load_prompts
+from red_cli.data import load_examples, load_prompts
+from red_cli.data.adapters import ADAPTERS, AdapterOptions, dialogue_turns, prefix_lengths
+from red_cli.errors import DatasetError
 
 
 def _jsonl(path, rows):
@@ -190,8 +191,9 @@ def test_options_cover_every_adapter():
 def test_eval_reads_prompts_through_the_runs_adapter(tmp_path):
     from omegaconf import OmegaConf
 
-    from red_cli.config_eval import PromptsConfig
-    from red_cli.evaluate import RunInfo, prompt_settings, read_prompts
+    from red_cli.config.schema_eval import PromptsConfig
+    from red_cli.eval.sides import prompt_settings, read_prompts
+    from red_cli.runs import RunInfo
 
     path = _jsonl(tmp_path / "nectar.jsonl", NECTAR)
     run = RunInfo(tmp_path, OmegaConf.create({"dataset": {

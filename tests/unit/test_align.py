@@ -9,7 +9,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
 
-from red_cli.align import (
+from red_cli.reward.align import (
     build_rm_batch,
     identity_rm_batch,
     policy_token_spans,
@@ -19,7 +19,7 @@ from red_cli.align import (
     to_policy_values,
     use_identity,
 )
-from red_cli.scoring import score_batch
+from red_cli.reward.scoring import score_batch
 
 
 def _pieces_tokenizer(pieces: list[str], eos_appended: bool = False) -> PreTrainedTokenizerFast:

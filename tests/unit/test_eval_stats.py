@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from red_cli.evaluate import batch_seed, bootstrap_ci, outcome_from_scores, summarize, win_rate
-from red_cli.judges import combine_orders, parse_answer
-from red_cli.report import first_reach, group_label, mean_2se, moving_average
+from red_cli.eval.judges import combine_orders, parse_answer
+from red_cli.eval.report import first_reach, group_label, moving_average
+from red_cli.eval.sides import batch_seed
+from red_cli.eval.stats import bootstrap_ci, mean_2se, outcome_from_scores, summarize, win_rate
 
 
 @pytest.mark.parametrize("cand,base,margin,expected", [

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from red_cli.rlhf.gae import DENSE_MODES, compute_gae, dense_reward_gamma_warning
-from red_cli.rlhf.redistribution import REDISTRIBUTORS
+from red_cli.rlhf import redistribution
+from red_cli.rlhf.gae import compute_gae
 from tests.unit.masks import random_masks
 
 SHAPES = [(8, 1), (8, 5), (8, 12)]
@@ -88,16 +88,6 @@ def test_gae_matches_loop_twin(shape, gamma, lam):
     torch.testing.assert_close(out.returns, expected_returns)
 
 
-def test_dense_reward_gamma_warning():
-    warning = dense_reward_gamma_warning("td", 0.99)
-    assert warning is not None and "td" in warning and "\n" not in warning
-    assert dense_reward_gamma_warning("abc", 0.9) is not None
-    assert dense_reward_gamma_warning("td", 1.0) is None
-    assert dense_reward_gamma_warning("sparse", 0.9) is None
-    # Every mode but sparse is dense: a new mode must be classified here.
-    assert DENSE_MODES | {"sparse"} == set(REDISTRIBUTORS)
-
-
 @pytest.mark.parametrize("lam", [0.0, 0.95, 1.0])
 def test_sparse_with_potential_critic_has_td_advantages_with_zero_critic(lam):
     """Why td barely changes the toy runs (docs/RESULTS.md): with gamma = 1, a critic whose
@@ -113,7 +103,7 @@ def test_sparse_with_potential_critic_has_td_advantages_with_zero_critic(lam):
     score = prefix[torch.arange(8), last]  # r_C = R(x, y), read at the last real token
     # V before token t: R(x) for t = 0, else R(x, y<=t-1).
     potential = torch.cat([prompt[:, None], prefix[:, :-1]], dim=1)
-    sparse_adv, _ = compute_gae(REDISTRIBUTORS["sparse"](score, mask), potential, mask, 1.0, lam)
-    td = REDISTRIBUTORS["td"](prefix, prompt, mask, first_token="prompt_baseline", beta_c=1.0)
+    sparse_adv, _ = compute_gae(redistribution.sparse(score, mask), potential, mask, 1.0, lam)
+    td = redistribution.td(prefix, prompt, mask, first_token="prompt_baseline", beta_c=1.0)
     td_adv, _ = compute_gae(td, torch.zeros_like(potential), mask, 1.0, lam)
     torch.testing.assert_close(sparse_adv[mask], td_adv[mask])

@@ -19,9 +19,10 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from red_cli.checks import ConfigError
+from red_cli.errors import ConfigError
 from red_cli.models import fold_label_weights, load_reward_model
-from red_cli.scoring import is_causal_rm, score_batch
+from red_cli.models.anatomy import is_causal_rm
+from red_cli.reward.scoring import score_batch
 
 VOCAB, PAD, CLS, SEP = 64, 0, 3, 4
 
@@ -110,9 +111,11 @@ def test_abc_refuses_at_start_up_a_reward_model_whose_attention_it_cannot_read()
     in one message naming the redistribution, while a DistilBERT / GPT-2 RM passes the probe."""
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-    from red_cli.config import ABCConfig, RewardModelConfig
-    from red_cli.rewards import RewardPipeline
-    from red_cli.scoring import attention_row_problem
+    from red_cli.config.schema import RewardModelConfig
+    from red_cli.modes import get_mode
+    from red_cli.reward.pipeline import RewardPipeline
+    from red_cli.reward.scoring import attention_row_problem
+    from red_cli.reward.stack import RewardStack
 
     deberta = DebertaV2ForSequenceClassification(DebertaV2Config(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -129,4 +132,5 @@ def test_abc_refuses_at_start_up_a_reward_model_whose_attention_it_cannot_read()
 
     rm_cfg = RewardModelConfig(name="deberta", path="unused", max_length=64)
     with pytest.raises(ConfigError, match="redistribution=abc cannot read"):
-        RewardPipeline(ABCConfig(), rm_cfg, deberta, Tok(), Tok())
+        RewardPipeline(RewardStack(rm_cfg, deberta, Tok()), Tok(), get_mode("abc").needs,
+                       users="redistribution=abc")

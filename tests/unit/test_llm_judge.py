@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from omegaconf import OmegaConf
 
-from red_cli.config_eval import LLMJudgeConfig
-from red_cli.judges import JudgeError, LLMJudge
+from red_cli.config.schema_eval import LLMJudgeConfig
+from red_cli.eval.judges import JudgeError, LLMJudge
 
 KEY = "sk-test-not-a-real-key-5b1f"
 

@@ -9,9 +9,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from red_cli import models
-from red_cli.checks import ConfigError
 from red_cli.data import left_pad
-from red_cli.rollout import Rollout, logprobs_of
+from red_cli.errors import ConfigError
+from red_cli.generation.rollout import Rollout
+from red_cli.train.forwards import logprobs_of
 
 
 def _tiny_gpt2(seed: int) -> GPT2LMHeadModel:
@@ -43,13 +44,13 @@ def test_lora_reference_is_the_base_model_without_a_copy():
     reference = models.reference_from(policy)
     assert reference.module is policy, "the reference must not copy the policy"
     traj = _rollout()
-    ref, _ = logprobs_of(reference, traj, temperature=0.7, micro_batch=2)
-    expected, _ = logprobs_of(untouched, traj, temperature=0.7, micro_batch=2)
+    ref = logprobs_of(reference, traj, temperature=0.7, micro_batch=2)
+    expected = logprobs_of(untouched, traj, temperature=0.7, micro_batch=2)
     torch.testing.assert_close(ref, expected, atol=1e-6, rtol=1e-6)
 
     # The adapters are back on afterwards, and they do change the policy.
-    trained, _ = logprobs_of(policy, traj, temperature=0.7, micro_batch=2)
-    again, _ = logprobs_of(reference, traj, temperature=0.7, micro_batch=2)
+    trained = logprobs_of(policy, traj, temperature=0.7, micro_batch=2)
+    again = logprobs_of(reference, traj, temperature=0.7, micro_batch=2)
     assert not torch.allclose(trained[traj.response_mask], expected[traj.response_mask], atol=1e-3)
     torch.testing.assert_close(again, ref)
 

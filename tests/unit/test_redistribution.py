@@ -4,11 +4,10 @@ import pytest
 import torch
 
 from red_cli.rlhf.redistribution import (
-    REDISTRIBUTORS,
     abc,
-    get_redistributor,
     sparse,
     td,
+    td_total,
     uniform,
 )
 from tests.unit.masks import random_masks
@@ -241,11 +240,20 @@ def test_half_precision_scores_give_float32_rewards():
 # ---------------------------------------------------------------- lookup and errors
 
 
-def test_registry_and_lookup():
-    assert set(REDISTRIBUTORS) == {"sparse", "td", "abc", "uniform"}
-    assert get_redistributor("td") is td
-    with pytest.raises(ValueError, match="'dense'.*abc.*sparse.*td.*uniform"):
-        get_redistributor("dense")
+def test_td_total_is_what_td_sums_to():
+    """td_total telescopes; td sums its differences: the two must agree for every reading of
+    the first token, any beta_c, and rows whose response starts after index 0."""
+    torch.manual_seed(0)
+    mask = torch.zeros(6, 9, dtype=torch.bool)
+    for i, (a, b) in enumerate([(0, 9), (2, 5), (4, 5), (0, 1), (3, 9), (1, 8)]):
+        mask[i, a:b] = True
+    prefix = torch.randn(6, 9, dtype=torch.float64)
+    prompt = torch.randn(6, dtype=torch.float64)
+    for first_token in ("prompt_baseline", "zero", "absolute"):
+        for beta_c in (0.0, 0.5, 1.0):
+            rewards = td(prefix, prompt, mask, first_token=first_token, beta_c=beta_c)
+            total = td_total(prefix, prompt, mask, first_token=first_token, beta_c=beta_c)
+            torch.testing.assert_close(rewards.sum(-1), total)
 
 
 def test_td_rejects_unknown_first_token():

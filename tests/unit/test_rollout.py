@@ -6,8 +6,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from red_cli.data import left_pad
+from red_cli.generation.rollout import Rollout
+from red_cli.models.anatomy import accepts_logits_to_keep
 from red_cli.rlhf.masking import truncate_after_eos
-from red_cli.rollout import Rollout, accepts_logits_to_keep, logprobs_of, response_logits
+from red_cli.train.forwards import logprobs_of, response_logits
 
 
 def test_old_logprobs_match_generation_scores():
@@ -28,7 +30,7 @@ def test_old_logprobs_match_generation_scores():
     expected = torch.log_softmax(logits.float(), -1).gather(-1, response[..., None])[..., 0]
 
     traj = Rollout(["a", "b", "c"], ["", "", ""], query, qmask, response, rmask)
-    got, _ = logprobs_of(model, traj, temperature, micro_batch=2)
+    got = logprobs_of(model, traj, temperature, micro_batch=2)
     torch.testing.assert_close(got[rmask], expected[rmask], atol=1e-4, rtol=1e-4)
 
 
@@ -85,7 +87,7 @@ def test_micro_batches_without_padding_columns_give_the_same_numbers():
     """logprobs_of / values_of drop columns that are padding in a whole micro batch; the
     real tokens' numbers must not change (a plain loop over rows, unpadded, is the twin)."""
     from red_cli.models import Critic
-    from red_cli.rollout import values_of
+    from red_cli.train.forwards import values_of
 
     torch.manual_seed(2)
     config = GPT2Config(vocab_size=40, n_positions=64, n_embd=32, n_layer=2, n_head=2,
@@ -102,7 +104,7 @@ def test_micro_batches_without_padding_columns_give_the_same_numbers():
     part = traj.select(torch.tensor([0, 1])).without_padding()
     assert part.query_ids.shape[1] == 3 and part.response_ids.shape[1] == 2
     with torch.no_grad():
-        lp, _ = logprobs_of(model, traj, 1.0, micro_batch=2)
+        lp = logprobs_of(model, traj, 1.0, micro_batch=2)
         values = values_of(critic, traj, micro_batch=2)
         for i in range(4):
             q = query[i, qmask[i]]

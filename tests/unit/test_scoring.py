@@ -22,14 +22,9 @@ from transformers import (
     Qwen2ForSequenceClassification,
 )
 
-from red_cli.scoring import (
-    ScoreOutput,
-    is_causal_rm,
-    pooled_index,
-    position_ids_from_mask,
-    prefix_scores_exact,
-    score_batch,
-)
+from red_cli.models.anatomy import is_causal_rm
+from red_cli.reward.scoring import ScoreOutput, pooled_index, prefix_scores_exact, score_batch
+from red_cli.rlhf.masking import position_ids_from_mask
 
 VOCAB, PAD, EOS, CLS, SEP = 64, 0, 2, 3, 4
 

@@ -1,0 +1,353 @@
+"""`red report`: the runs of a sweep, grouped by their overrides minus the seed -> table, curves.
+
+A group is every run whose ``overrides.json`` is the same once ``ignore_keys`` (the seed,
+bookkeeping keys) are dropped, so ``red train -m redistribution=sparse,td seed=0,1,2`` gives
+two groups of three seeds. Per group, across its seeds (mean +- 2 standard errors,
+SE = sample std / sqrt(seeds)):
+
+- final score / gold: the mean of the last ``final_window`` logged iterations of each run;
+- mean score / gold over training: the mean over all logged iterations (the ABC paper's
+  headline number);
+- iterations until the ``smooth``-iteration moving average of the score first reaches
+  ``threshold`` (over the seeds that reach it; how many did is shown);
+- win rate vs SFT, from ``<run>/eval/<win_rate_judge>_vs_sft/eval.json`` where `red eval`
+  wrote one.
+
+Writes table.md, table.csv and curves.png (each group's mean curve with a seed band).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from red_cli import runs as rundirs
+from red_cli.errors import ReportError, UserError
+from red_cli.eval.stats import mean_2se
+from red_cli.eval.tables import markdown_table, pm
+
+log = logging.getLogger("red")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    dir: Path
+    overrides: list[str]
+    group: str
+    metrics: list[dict]
+    status: str | None
+    win_rate: float | None = None
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def group_label(overrides: Sequence[str], ignore_keys: Sequence[str]) -> str:
+    """The overrides that define a group: sorted, without ignored keys (and their sub-keys)."""
+    kept = [o for o in overrides
+            if not any(_override_key(o) == k or _override_key(o).startswith(k + ".")
+                       for k in ignore_keys)]
+    return ",".join(sorted(kept)) or "(defaults)"
+
+
+def _eval_win_rate(run_dir: Path, judge: str) -> float | None:
+    path = run_dir / "eval" / f"{judge}_vs_sft" / "eval.json"
+    if not path.is_file():
+        return None
+    try:
+        return float(json.loads(path.read_text())["win_rate"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s: unreadable eval.json, ignored", path)
+        return None
+
+
+def load_runs(paths: Sequence[str], ignore_keys: Sequence[str], win_rate_judge: str) -> list[Run]:
+    runs = []
+    try:
+        run_dirs = rundirs.find_runs(paths)
+    except UserError as err:
+        raise ReportError(str(err)) from None
+    for run_dir in run_dirs:
+        overrides = rundirs.read_overrides(run_dir)
+        if overrides is None:
+            from omegaconf import OmegaConf
+
+            mode = OmegaConf.load(run_dir / "config.yaml").redistribution.mode
+            overrides = [f"redistribution={mode}"]
+            log.warning("%s: no overrides.json; grouped by its redistribution mode", run_dir)
+        metrics = rundirs.read_metrics(run_dir / "metrics.jsonl")
+        if not metrics:
+            log.warning("%s: no metrics.jsonl (or empty); left out", run_dir)
+            continue
+        status = rundirs.read_status(run_dir)
+        if status != "complete":
+            log.warning("%s: run status %s; its metrics so far are included", run_dir, status)
+        runs.append(Run(run_dir, overrides, group_label(overrides, ignore_keys), metrics, status,
+                        _eval_win_rate(run_dir, win_rate_judge)))
+    if not runs:
+        raise ReportError("runs: no run with metrics found in " + ", ".join(map(str, paths)))
+    return runs
+
+
+def group_runs(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
+    """Groups of runs, labelled by the overrides that tell them apart; and the overrides
+    every group shares (left out of the labels, listed once under the table)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    parts = {key: [] if key == "(defaults)" else key.split(",") for key in groups}
+    common = sorted(set.intersection(*(set(p) for p in parts.values()))) if len(groups) > 1 else []
+    out = []
+    for key in sorted(groups):
+        label = ",".join(p for p in parts[key] if p not in common) or key
+        out.append(Group(label, groups[key]))
+    return out, common
+
+
+# --------------------------------------------------------------------------- per-run numbers
+
+
+def series(metrics: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, values) of one metric, in logged order."""
+    rows = [(m["iteration"], m[key]) for m in metrics if m.get(key) is not None]
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    it, val = zip(*rows)
+    return np.asarray(it), np.asarray(val, dtype=np.float64)
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` values (fewer at the start)."""
+    if window <= 1 or values.size == 0:
+        return values
+    c = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, values.size + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def first_reach(iterations: np.ndarray, values: np.ndarray, threshold: float) -> int | None:
+    """First iteration whose value is >= threshold, or None."""
+    hit = np.nonzero(values >= threshold)[0]
+    return int(iterations[hit[0]]) if hit.size else None
+
+
+def final_value(values: np.ndarray, window: int) -> float:
+    return float(values[-window:].mean()) if values.size else float("nan")
+
+
+def overall_mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def group_rows(groups: Sequence[Group], cfg: Any) -> list[dict]:
+    """One dict of numbers per group (the CSV's rows)."""
+    rows = []
+    for g in groups:
+        row: dict[str, Any] = {"group": g.label, "seeds": len(g.runs)}
+        for name, key in (("score", cfg.score_metric), ("gold", cfg.gold_metric)):
+            per_run = [series(r.metrics, key)[1] for r in g.runs]
+            for stat, f in (("final", lambda v: final_value(v, cfg.final_window)),
+                            ("mean", overall_mean)):
+                m, s = mean_2se([f(v) for v in per_run])
+                row[f"{stat}_{name}"], row[f"{stat}_{name}_2se"] = m, s
+        wins = [r.win_rate for r in g.runs if r.win_rate is not None]
+        m, s = mean_2se(wins)
+        row["win_rate_vs_sft"], row["win_rate_vs_sft_2se"] = m, s
+        row["win_rate_runs"] = len(wins)
+        rows.append(row)
+    threshold = resolve_threshold(rows, cfg)
+    if threshold is None:
+        return rows
+    key = cfg.score_metric if cfg.threshold_metric == "score" else cfg.gold_metric
+    for g, row in zip(groups, rows):
+        reached = []
+        for r in g.runs:
+            it, val = series(r.metrics, key)
+            hit = first_reach(it, moving_average(val, cfg.smooth), threshold)
+            if hit is not None:
+                reached.append(float(hit))
+        m, s = mean_2se(reached)
+        row["threshold"] = threshold
+        row["iters_to_threshold"], row["iters_to_threshold_2se"] = m, s
+        row["reached_threshold"] = len(reached)
+    return rows
+
+
+THRESHOLD_METRICS = ("score", "gold")
+
+
+def resolve_threshold(rows: Sequence[dict], cfg: Any) -> float | None:
+    """The threshold value: given, or a group's final mean of the threshold metric."""
+    if cfg.threshold_metric not in THRESHOLD_METRICS:
+        raise ReportError(f"threshold_metric={cfg.threshold_metric!r}: use one of "
+                          + ", ".join(THRESHOLD_METRICS))
+    if cfg.threshold is not None and cfg.threshold_group is not None:
+        raise ReportError("threshold and threshold_group are both set; give one of them")
+    if cfg.threshold_group is None:
+        return cfg.threshold
+    labels = [r["group"] for r in rows]
+    # `sparse` names the group `redistribution=sparse` (Hydra needs quotes around a `=`).
+    values_only = [",".join(o.split("=", 1)[-1] for o in label.split(",")) for label in labels]
+    hits = [i for i, (lab, val) in enumerate(zip(labels, values_only))
+            if cfg.threshold_group in (lab, val)]
+    if len(hits) != 1:
+        raise ReportError(f"threshold_group={cfg.threshold_group!r} is not a group of these runs; "
+                          "groups are: " + ", ".join(labels))
+    value = rows[hits[0]][f"final_{cfg.threshold_metric}"]
+    if math.isnan(value):
+        raise ReportError(f"threshold_group={cfg.threshold_group!r} has no final "
+                          f"{cfg.threshold_metric} to use as the threshold")
+    return value
+
+
+def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) -> str:
+    has_gold = any(not math.isnan(r["mean_gold"]) for r in rows)
+    has_wins = any(r["win_rate_runs"] for r in rows)
+    headers = ["group", "seeds", "final score", "mean score"]
+    if has_gold:
+        headers += ["final gold", "mean gold"]
+    threshold = rows[0].get("threshold") if rows else None
+    if threshold is not None:
+        what = (f"{cfg.threshold_group}'s final" if cfg.threshold_group is not None
+                else f"{threshold:g}")
+        headers.append(f"iters to {cfg.threshold_metric} ≥ {what}")
+    if has_wins:
+        headers.append(f"win rate vs SFT ({cfg.win_rate_judge})")
+    body = []
+    for r in rows:
+        line = [r["group"], r["seeds"], pm(r["final_score"], r["final_score_2se"]),
+                pm(r["mean_score"], r["mean_score_2se"])]
+        if has_gold:
+            line += [pm(r["final_gold"], r["final_gold_2se"]), pm(r["mean_gold"], r["mean_gold_2se"])]
+        if threshold is not None:
+            line.append(f"{pm(r['iters_to_threshold'], r['iters_to_threshold_2se'], 1)} "
+                        f"({r['reached_threshold']}/{r['seeds']})")
+        if has_wins:
+            line.append(f"{pm(r['win_rate_vs_sft'], r['win_rate_vs_sft_2se'])} "
+                        f"({r['win_rate_runs']}/{r['seeds']})")
+        body.append(line)
+    note = (f"mean ± 2 SE across seeds; final = mean of the last {cfg.final_window} "
+            f"iteration(s); score = `{cfg.score_metric}`, gold = `{cfg.gold_metric}`")
+    if threshold is not None:
+        note += (f"; threshold {threshold:.3f} on the {cfg.smooth}-iteration moving average of "
+                 f"{cfg.threshold_metric} (mean over the seeds that reached it)")
+    if common:
+        note += "; every group also has: " + " ".join(f"`{o}`" for o in common)
+    return markdown_table(headers, body) + "\n" + note + "\n"
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v)
+                             for k, v in r.items()})
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def group_curve(runs: Sequence[Run], key: str, smooth: int, band: str):
+    """(iterations, mean, low, high) over the iterations every run of the group logged."""
+    per_run = [series(r.metrics, key) for r in runs]
+    per_run = [(it, moving_average(v, smooth)) for it, v in per_run if it.size]
+    if not per_run:
+        return None
+    common = sorted(set.intersection(*(set(it.tolist()) for it, _ in per_run)))
+    if not common:
+        return None
+    stack = np.stack([v[np.searchsorted(it, common)] for it, v in per_run])  # [seeds, iters]
+    mean = stack.mean(0)
+    if band == "minmax":
+        low, high = stack.min(0), stack.max(0)
+    elif band == "se2" and stack.shape[0] > 1:
+        half = 2 * stack.std(0, ddof=1) / math.sqrt(stack.shape[0])
+        low, high = mean - half, mean + half
+    else:
+        low = high = None
+    return np.asarray(common), mean, low, high
+
+
+def plot_groups(groups: Sequence[Group], path: Path, cfg: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(cfg.score_metric, "RM score"), (cfg.gold_metric, "gold score")]
+    panels = [(k, t) for k, t in panels if any(series(r.metrics, k)[0].size
+                                               for g in groups for r in g.runs)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (key, title) in zip(axes[0], panels):
+        for n, g in enumerate(groups):
+            curve = group_curve(g.runs, key, cfg.smooth, cfg.band)
+            if curve is None:
+                continue
+            it, mean, low, high = curve
+            color = colors(n % 10)
+            ax.plot(it, mean, color=color, lw=1.8, label=f"{g.label} ({len(g.runs)} seeds)")
+            if low is not None:
+                ax.fill_between(it, low, high, color=color, alpha=0.2, lw=0)
+        if cfg.threshold is not None and key == cfg.score_metric:
+            ax.axhline(cfg.threshold, color="grey", ls="--", lw=1, label=f"threshold {cfg.threshold:g}")
+        ax.set_title(title + (f" ({cfg.smooth}-iteration moving average)" if cfg.smooth > 1 else ""))
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="best")
+    band = {"se2": "shaded: mean ± 2 SE across seeds", "minmax": "shaded: min-max across seeds",
+            "none": ""}[cfg.band]
+    fig.suptitle("mean over seeds per group" + (f"; {band}" if band else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the verb
+
+
+def default_output_dir(run_dirs: Sequence[Path]) -> Path:
+    """The multirun directory, or the common parent of the runs given."""
+    return Path(os.path.commonpath([str(d.parent) for d in run_dirs]))
+
+
+def run_report(cfg: Any) -> Path:
+    """Write table.md, table.csv and curves.png; print the table; return the output folder."""
+    runs = load_runs(list(cfg.runs), list(cfg.ignore_keys), cfg.win_rate_judge)
+    groups, common = group_runs(runs)
+    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir([r.dir for r in runs])
+    out.mkdir(parents=True, exist_ok=True)
+    rows = group_rows(groups, cfg)
+    table = markdown_report(rows, cfg, common)
+    (out / "table.md").write_text(table)
+    write_csv(rows, out / "table.csv")
+    plot_groups(groups, out / "curves.png", cfg)
+    print(table)
+    log.info("report of %d runs in %d groups -> %s", len(runs), len(groups), out)
+    return out

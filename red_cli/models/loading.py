@@ -1,0 +1,142 @@
+"""Load tokenizers, policies and reward models from hub ids, local folders or `toy:*` names.
+
+Every loader takes flat arguments and the config key it serves, so a path problem is reported
+as that key. A local folder with ``*.safetensors`` loads from those only, never from pickles.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from red_cli.config.checks import looks_local
+from red_cli.errors import ConfigError
+from red_cli.models.anatomy import output_layer
+
+log = logging.getLogger("red")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+def _check_exists(path: str, key: str) -> None:
+    # A local-looking path that does not exist would otherwise become a hub lookup and a
+    # network error deep inside huggingface_hub.
+    if looks_local(path) and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"{key}={path!r}: no such file or directory")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, key: str = "policy.path"):
+    from transformers import AutoTokenizer
+
+    _check_exists(path, key)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        # Padding is always masked out, so any id serves; EOS is the usual choice (TRL).
+        tok.pad_token = tok.eos_token
+    if tok.eos_token_id is None:
+        raise ValueError(f"{key}={path!r}: the tokenizer has no EOS token; responses could never end")
+    return tok
+
+
+def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                gradient_checkpointing: bool = False, key: str = "policy.path") -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    _check_exists(path, key)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **safetensors_only(path)
+    )
+    disable_dropout(model)
+    if gradient_checkpointing:
+        enable_checkpointing(model)
+    return model
+
+
+def safetensors_only(path: str) -> dict:
+    """`from_pretrained` arguments that load a local folder's safetensors and never its pickles.
+
+    Hub ids keep transformers' own choice (safetensors when the repository has them), so a
+    hub model published only as `.bin` still loads.
+    """
+    folder = Path(path).expanduser()
+    if folder.is_dir() and any(folder.glob("*.safetensors")):
+        return {"use_safetensors": True}
+    return {}
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass: less memory for about a third more compute.
+
+    transformers checkpoints non-reentrantly and makes the embeddings' output require grad,
+    so adapters behind frozen embeddings (LoRA) still get their gradients.
+    """
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.config.use_cache = False
+
+
+def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                      key: str = "reward_model.path",
+                      label_weights: list[float] | None = None) -> nn.Module:
+    """A frozen scalar classifier. ``label_weights`` turns a k-label classifier into one:
+    score = sum_k w_k * logit_k (e.g. [-1, 1]: logit[positive] - logit[negative])."""
+    from transformers import AutoModelForSequenceClassification
+
+    _check_exists(path, key)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **safetensors_only(path)
+    )
+    if label_weights is not None:
+        fold_label_weights(model, label_weights)
+    elif model.config.num_labels != 1:
+        raise ConfigError(
+            f"{key}={path!r}: a reward model needs one scalar output (num_labels=1), "
+            f"this one has {model.config.num_labels}; set reward_model.label_weights "
+            f"(one weight per label, score = sum_k w_k * logit_k) to combine them"
+        )
+    freeze(model)
+    return model
+
+
+def fold_label_weights(model: nn.Module, weights: list[float],
+                       key: str = "reward_model.label_weights") -> nn.Module:
+    """Replace the classifier's final Linear(H, k) by Linear(H, 1) computing sum_k w_k logit_k.
+
+    weight = w @ W, bias = w @ b, so every reader of the head (sequence score, td prefix
+    scores, abc attention) sees the combined score with no other change. In place.
+    """
+    owner, name, head = output_layer(model)
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(f"{key}: {type(model).__name__} has no output Linear to fold the weights "
+                          "into (looked at score, classifier and classifier.out_proj)")
+    k = head.out_features
+    if len(weights) != k:
+        raise ConfigError(f"{key}={list(weights)}: the reward model has {k} labels, so {key} needs "
+                          f"{k} weights (one per label, in label order); got {len(weights)}")
+    w = torch.tensor(list(weights), dtype=torch.float64)
+    folded = nn.Linear(head.in_features, 1, bias=head.bias is not None,
+                       dtype=head.weight.dtype, device=head.weight.device)
+    with torch.no_grad():
+        folded.weight.copy_((w @ head.weight.double())[None, :])
+        if head.bias is not None:
+            folded.bias.copy_((w @ head.bias.double()).reshape(1))
+    setattr(owner, name, folded)
+    model.config.num_labels = 1
+    return model
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """PPO compares logprobs of the same tokens across forwards: dropout would make the
+    ratio noisy from the first step (TRL and OpenRLHF switch it off too)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model

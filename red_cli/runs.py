@@ -1,0 +1,197 @@
+"""Run directories: the one home of what a run directory holds and how to read it.
+
+A run directory holds config.yaml (resolved, written once before any work), environment.txt,
+overrides.json (the command-line overrides, which `red report` groups by), run.json (status:
+running | complete | failed, and why), metrics.jsonl (one line per iteration), checkpoints/
+(with final_policy/ at the end), samples/, plots/, and eval/ and explain/ once those ran.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from red_cli.errors import UserError
+
+
+def freeze(cfg: DictConfig) -> DictConfig:
+    """Resolve every interpolation once (``${now:...}``, ``${hydra:...}``), so ranks never do."""
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def load_frozen(run_dir: Path) -> DictConfig:
+    """A run's config.yaml, with keys added to the schemas since it was written at their
+    defaults (so a run made by an older `red` still resumes and evaluates)."""
+    from red_cli.config.schema import TrainConfig
+
+    frozen = _upgrade(OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml")))
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), frozen)
+    return OmegaConf.create(OmegaConf.to_container(merged))
+
+
+def _upgrade(cfg: dict) -> dict:
+    """A config.yaml written by an older `red`, in today's layout: mode knobs moved from
+    ``redistribution.<knob>`` to ``redistribution.<mode>.<knob>``, keys since removed dropped,
+    groups added since given the choice that behaves as the run did."""
+    red = cfg.get("redistribution")
+    if isinstance(red, dict) and "mode" in red:
+        flat = {k: v for k, v in red.items() if k != "mode" and not isinstance(v, dict)}
+        for key in flat:
+            del red[key]
+        if flat:
+            red.setdefault(red["mode"], {}).update(flat)
+    for group in ("policy", "dataset"):
+        if isinstance(cfg.get(group), dict):
+            cfg[group].pop("name", None)
+    # Runs from before generation backends sampled with transformers' generate.
+    cfg.setdefault("generation", {"backend": "hf"})
+    return cfg
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def environment_text() -> str:
+    import deepspeed
+    import torch
+    import transformers
+
+    if torch.cuda.is_available():
+        device = f"cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})"
+    else:
+        device = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    lines = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "deepspeed": deepspeed.__version__,
+        "red_git_commit": _git_commit(),
+        "platform": platform.platform(),
+        "device": device,
+        "command": " ".join(sys.argv),
+    }
+    return "".join(f"{k}: {v}\n" for k, v in lines.items())
+
+
+def write_status(run_dir: Path, status: str, **extra) -> None:
+    payload = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(run_dir / "run.json")
+
+
+def read_status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def create(run_dir: Path, frozen: DictConfig, overrides: list[str]) -> None:
+    """Write config.yaml, environment.txt and run.json (with the command-line overrides,
+    which `red report` groups runs by)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(frozen, run_dir / "config.yaml")
+    (run_dir / "environment.txt").write_text(environment_text())
+    (run_dir / "overrides.json").write_text(json.dumps(list(overrides)) + "\n")
+    write_status(run_dir, "running")
+
+
+def resumable_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot be resumed, or None if it can."""
+    if not run_dir.is_dir():
+        return "no such directory"
+    if not (run_dir / "config.yaml").is_file():
+        return "not a red run directory (no config.yaml)"
+    if read_status(run_dir) == "complete":
+        return "that run already finished"
+    if not (run_dir / "checkpoints" / "latest").exists():
+        return "no checkpoint to resume from (checkpoints/latest is missing)"
+    return None
+
+
+def read_overrides(run_dir: Path) -> list[str] | None:
+    """The command-line overrides the run was started with; None for a run without the file."""
+    path = run_dir / "overrides.json"
+    return list(json.loads(path.read_text())) if path.exists() else None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl (``run_dir / "metrics.jsonl"``), in logged order."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / "config.yaml").is_file()
+
+
+def find_runs(paths: Sequence[str], key: str = "runs") -> list[Path]:
+    """Run directories among ``paths``: each is a run (has config.yaml) or holds runs."""
+    found: list[Path] = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.is_dir():
+            raise UserError(f"{key}: {p!r} is not a directory")
+        if is_run_dir(path):
+            found.append(path.resolve())
+            continue
+        inside = sorted(d.resolve() for d in path.iterdir() if is_run_dir(d))
+        if not inside:
+            raise UserError(f"{key}: {p!r} is neither a run directory (no config.yaml) nor a "
+                            "multirun directory holding runs")
+        found.extend(inside)
+    return list(dict.fromkeys(found))
+
+
+@dataclass
+class RunInfo:
+    """A `red train` run directory and its frozen config."""
+
+    dir: Path
+    cfg: DictConfig
+
+
+def load_run(path: str) -> RunInfo | None:
+    """The run at ``path``, or None if ``path`` is not a run directory (no config.yaml)."""
+    run_dir = Path(path).expanduser()
+    if not is_run_dir(run_dir):
+        return None
+    return RunInfo(run_dir.resolve(), load_frozen(run_dir))
+
+
+def final_policy(run_dir: Path, key: str = "run") -> Path:
+    """The trained policy of a finished run (a plain Hugging Face folder)."""
+    path = Path(run_dir) / "checkpoints" / "final_policy"
+    if not (path / "config.json").is_file():
+        raise UserError(f"{key}={str(run_dir)!r}: no trained policy at checkpoints/final_policy "
+                        f"(run status: {read_status(Path(run_dir)) or 'unknown'})")
+    return path
+
+
+def run_guarded(run_dir: Path, work: Callable[[], object]) -> None:
+    """Run ``work`` and record in run.json whether it completed or failed (and why)."""
+    write_status(run_dir, "running")
+    try:
+        work()
+    except BaseException as err:
+        write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
+        raise
+    write_status(run_dir, "complete")

@@ -1,0 +1,1 @@
+"""Training: the PPO loop (``loop``) and what it is built from."""

@@ -1,0 +1,232 @@
+"""THE training loop: PPO with per-token rewards under DeepSpeed. Read it top to bottom.
+
+Setup (``red_cli.train.setup``) builds the models (policy and critic as DeepSpeed engines;
+reference and reward model frozen), the prompt stream, the reward pipeline, the mode, the
+generator and the advantage estimator. Each iteration then:
+  1. rollout: sample responses to this rank's prompts (the generator)
+  2. forwards: old logprobs, reference logprobs, values (no grad)
+  3. rewards: RM readings -> per-token rewards (the mode) -> minus kl_coef * KL
+  4. advantages: the estimator (GAE with a critic, whitened)
+  5. PPO epochs over mini batches (gradient accumulation over micro batches)
+  6. log (reduced over ranks; rank 0 writes)
+  7. checkpoint every `checkpoint_every` iterations and at the end
+The maths lives in `red_cli/rlhf/`; this file only wires it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from red_cli import models, runtime
+from red_cli.generation import Rollout, Sampling, build_generator
+from red_cli.reward.shaping import ScoreShaper
+from red_cli.rlhf.kl import AdaptiveKLController, FixedKLController, add_kl_to_rewards
+from red_cli.rlhf.masking import masked_mean
+from red_cli.rlhf.ppo import entropy_from_logits, gather_logprobs, policy_loss, value_loss
+from red_cli.runs import read_metrics
+from red_cli.train import distributed, forwards
+from red_cli.train.estimators import build_estimator
+from red_cli.train.metrics import MetricsLogger, iteration_metrics, plot_curves
+from red_cli.train.samples import write_samples
+from red_cli.train.setup import (
+    Sizes,
+    build_engines,
+    build_models,
+    build_prompts,
+    derived_sizes,
+    gold_judge,
+)
+
+log = logging.getLogger("red")
+
+
+def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Run PPO as configured; write everything under ``run_dir``; return the last metrics."""
+    # ------------------------------------------------------------------ setup
+    dist = distributed.setup(cfg.device)
+    sizes = derived_sizes(cfg.ppo, dist.world_size)
+    p = cfg.ppo
+    # Same seed everywhere for identical initial weights; sampling differs per rank below.
+    distributed.seed_everything(cfg.seed)
+    if dist.device.type == "cpu":
+        # Exact resume needs bitwise-repeatable kernels; on CPU they cost nothing extra.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        # ...but not NaN-filling every fresh tensor (torch's default in that mode, a debugging
+        # aid): no kernel here reads memory it has not written.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+
+    estimator = build_estimator(p)
+    m = build_models(cfg, dist, estimator)
+    stream = build_prompts(cfg, m.tokenizer, dist)
+    gold = gold_judge(cfg)
+    generator = build_generator(cfg.generation, m.tokenizer,
+                                Sampling(p.max_new_tokens, p.temperature, p.top_k, p.top_p))
+    engines = build_engines(m, cfg, sizes)
+    policy_engine, critic_engine = engines["policy"], engines.get("critic")
+    kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
+              else FixedKLController(p.kl_coef))
+    shaper = ScoreShaper(p.score_norm, p.score_clip, p.missing_eos_penalty)
+
+    ckpt_root = run_dir / "checkpoints"
+    start = 0
+    if resume:
+        state = distributed.load_checkpoint(ckpt_root, engines, dist)
+        start = state["iteration"] + 1
+        stream.load_state_dict(state["data"])
+        kl_ctl.load_state_dict(state["kl_ctl"])
+        shaper.load_state_dict(state["shaper"])
+        log.info("resumed at iteration %d", start)
+    else:
+        # Ranks share weights but must not share samples.
+        distributed.seed_everything(cfg.seed * 1000 + dist.rank + 1)
+    logger = MetricsLogger(run_dir, OmegaConf.to_container(cfg), enabled=dist.is_main,
+                           wandb_mode=cfg.logger.wandb_mode, project=cfg.logger.project,
+                           entity=cfg.logger.entity, tags=list(cfg.logger.tags),
+                           progress_bar=cfg.logger.progress_bar, total=p.iterations, start=start,
+                           group=cfg.experiment)
+    if dist.is_main:
+        log.info("run %s: %s, rm %s, generation %s, estimator %s%s, %d rank(s), %d prompts",
+                 run_dir, m.mode.name, cfg.reward_model.name, generator.name, estimator.name,
+                 f" (critic from {m.critic_init})" if m.critic is not None else "",
+                 dist.world_size, len(stream.items))
+
+    last: dict = {}
+    for iteration in range(start, p.iterations):
+        t_iter = time.perf_counter()
+        # -------------------------------------------------------------- 1. rollout
+        t0 = time.perf_counter()
+        batch = stream.next_batch()
+        with distributed.gathered_for_generation(policy_engine):
+            traj = generator.generate(policy_engine.module, batch.texts,
+                                      batch.input_ids.to(dist.device),
+                                      batch.attention_mask.to(dist.device))
+        mask = traj.response_mask
+        t_rollout = time.perf_counter() - t0
+
+        # -------------------------------------------------------------- 2. forwards
+        t0 = time.perf_counter()
+        old_logprobs = forwards.logprobs_of(policy_engine.module, traj, p.temperature,
+                                            p.micro_batch_size)
+        ref_logprobs = forwards.logprobs_of(m.reference, traj, p.temperature, p.micro_batch_size)
+        old_values = (forwards.values_of(critic_engine.module, traj, p.micro_batch_size)
+                      if critic_engine is not None else None)
+        t_forward = time.perf_counter() - t0
+
+        # -------------------------------------------------------------- 3. rewards
+        t0 = time.perf_counter()
+        scored = m.pipeline(traj, shaper, dist.world_size)
+        credit = m.mode.apply(scored.signals, m.knobs)
+        shaped = add_kl_to_rewards(credit.rewards, old_logprobs, ref_logprobs, mask, kl_ctl.value,
+                                   p.kl_estimator)
+        t_score = time.perf_counter() - t0
+
+        # -------------------------------------------------------------- 4. advantages
+        advantages, returns = estimator(shaped.rewards, old_values, mask)
+
+        # -------------------------------------------------------------- 5. PPO epochs
+        t0 = time.perf_counter()
+        stats = _ppo_epochs(policy_engine, critic_engine, traj, old_logprobs, old_values,
+                            advantages, returns, cfg, sizes)
+        t_update = time.perf_counter() - t0
+
+        # -------------------------------------------------------------- 6. log
+        values = {**iteration_metrics(scored, credit, shaped, returns, old_values, kl_ctl.value),
+                  **stats, "ppo/lr": policy_engine.get_lr()[0],
+                  "time/rollout": t_rollout, "time/forward": t_forward, "time/score": t_score,
+                  "time/update": t_update}
+        if scored.signals.prompt_scores is not None:
+            values["rewards/prompt_score"] = scored.signals.prompt_scores.mean().item()
+        gold_scores = None
+        if gold is not None:
+            gold_scores = torch.tensor(gold([q + r for q, r in zip(traj.prompts, traj.responses)]))
+            values["objective/gold"] = gold_scores.mean().item()
+        values = runtime.all_reduce_mean(values, dist.world_size)
+        n_tokens = (mask.sum() + traj.query_mask.sum()).item() * dist.world_size
+        values["time/iteration"] = time.perf_counter() - t_iter
+        values["throughput/tokens_per_s"] = n_tokens / values["time/iteration"]
+        kl_ctl.update(values["objective/kl"], p.rollout_batch_size)
+        logger.log(iteration, values)
+        last = values
+        if (iteration + 1) % cfg.sample_every == 0 or iteration + 1 == p.iterations:
+            write_samples(run_dir, iteration, traj, scored, credit, shaped.rewards, gold_scores,
+                          m.tokenizer, dist)
+
+        # -------------------------------------------------------------- 7. checkpoint
+        if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == p.iterations:
+            distributed.save_checkpoint(ckpt_root, iteration, engines, {
+                "iteration": iteration, "data": stream.state_dict(),
+                "kl_ctl": kl_ctl.state_dict(), "shaper": shaper.state_dict(),
+            }, dist)
+
+    # ------------------------------------------------------------------ finish
+    logger.close()
+    in_sync = distributed.check_ranks_in_sync(engines, dist)
+    pol = cfg.policy
+    distributed.save_final_policy(policy_engine, m.tokenizer, ckpt_root, dist,
+                                  lambda: models.load_policy(m.policy_path, pol.dtype,
+                                                             pol.trust_remote_code))
+    if dist.is_main:
+        (run_dir / "rank_checksums.json").write_text(json.dumps(in_sync, indent=1) + "\n")
+        plot_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "plots" / "curves.png",
+                    title=f"{m.mode.name} / {cfg.reward_model.name} / seed {cfg.seed}")
+    runtime.barrier(dist.world_size)
+    return last
+
+
+def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_values,
+                advantages, returns, cfg: DictConfig, sizes: Sizes) -> dict[str, float]:
+    """PPO epochs over shuffled mini batches; DeepSpeed accumulates micro-batch gradients.
+    Without a critic (``critic_engine`` None) only the policy trains."""
+    p = cfg.ppo
+    sums: dict[str, float] = {}
+    count = 0
+    n = len(traj.prompts)
+    policy_engine.train()
+    if critic_engine is not None:
+        critic_engine.train()
+    for _epoch in range(p.ppo_epochs):
+        order = torch.randperm(n, device=old_logprobs.device)
+        for mb_start in range(0, n, sizes.mini_per_rank):
+            mini = order[mb_start:mb_start + sizes.mini_per_rank]
+            for mc_start in range(0, len(mini), p.micro_batch_size):
+                idx = mini[mc_start:mc_start + p.micro_batch_size]
+                # Columns that are padding in every row of this micro batch cost compute and
+                # change nothing: dropped (docs/PERFORMANCE.md).
+                part = traj.select(idx).without_padding()
+                mask = part.response_mask
+                T = mask.shape[1]
+
+                logits = forwards.response_logits(policy_engine, part, p.temperature)
+                logprobs = gather_logprobs(logits, part.response_ids)
+                pl = policy_loss(logprobs, old_logprobs[idx, :T], advantages[idx, :T], mask,
+                                 p.cliprange)
+                # Entropy keeps its graph only when it is part of the loss.
+                entropy = masked_mean(
+                    entropy_from_logits(logits if p.ent_coef > 0 else logits.detach()), mask)
+                loss = pl.loss - p.ent_coef * entropy if p.ent_coef > 0 else pl.loss
+                policy_engine.backward(loss)
+                policy_engine.step()
+                step = {"ppo/loss/policy": pl.loss.item()}
+
+                if critic_engine is not None:
+                    values = forwards.response_values(critic_engine, part)
+                    vl = value_loss(values, old_values[idx, :T], returns[idx, :T], mask,
+                                    p.cliprange_value)
+                    critic_engine.backward(p.vf_coef * vl.loss)
+                    critic_engine.step()
+                    step["ppo/loss/value"] = vl.loss.item()
+                step.update({"ppo/policy/clipfrac": pl.clipfrac.item(),
+                             "ppo/policy/approx_kl": pl.approx_kl.item(),
+                             "ppo/policy/entropy": entropy.item()})
+                if critic_engine is not None:
+                    step["ppo/val/clipfrac"] = vl.clipfrac.item()
+                for k, v in step.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+    return {k: v / count for k, v in sums.items()}

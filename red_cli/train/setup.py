@@ -1,0 +1,137 @@
+"""What the training loop is given before its first iteration: models, engines, prompts,
+the reward pipeline, the mode, the generator, the estimator. Each helper takes the config
+and returns plain objects; the loop in ``red_cli.train.loop`` only wires them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from red_cli import models
+from red_cli.data import PromptStream, load_prompts, options_from
+from red_cli.modes import Mode, gamma_warning, get_mode, knobs_of
+from red_cli.reward.pipeline import RewardPipeline
+from red_cli.reward.stack import RewardStack, load_reward_stack
+from red_cli.toy import is_toy, resolve_path
+from red_cli.train import distributed
+from red_cli.train.estimators import Estimator
+
+log = logging.getLogger("red")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Batch sizes per rank, derived once from the global sizes in ``ppo``."""
+
+    mini_per_rank: int
+    grad_accum: int  # micro batches per optimiser step on one rank
+    mini_batches_per_epoch: int
+
+
+def derived_sizes(ppo: Any, world_size: int) -> Sizes:
+    mini_per_rank = ppo.mini_batch_size // world_size
+    return Sizes(
+        mini_per_rank=mini_per_rank,
+        grad_accum=max(1, mini_per_rank // ppo.micro_batch_size),
+        mini_batches_per_epoch=ppo.rollout_batch_size // ppo.mini_batch_size,
+    )
+
+
+@dataclass
+class Models:
+    """The models of one run, before DeepSpeed wraps the trained ones.
+
+    policy: the trained causal LM (with LoRA: a peft model); reference: the KL anchor;
+    critic: the value model, or None when the estimator needs none; critic_init: what the
+    critic started from; reward: the frozen reward model; pipeline: how it is read;
+    tokenizer: the policy's; policy_path: where the starting policy loads from.
+    """
+
+    tokenizer: Any
+    policy: nn.Module
+    reference: nn.Module
+    critic: nn.Module | None
+    critic_init: str | None
+    reward: RewardStack
+    pipeline: RewardPipeline
+    mode: Mode
+    knobs: Any
+    policy_path: str
+
+
+def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> Models:
+    """Load the policy and reward model, then derive the critic, the adapters and the reference."""
+    pol = cfg.policy
+    policy_path = resolve_path(pol.path, cfg.toy)
+    tokenizer = models.load_tokenizer(resolve_path(pol.tokenizer or policy_path, cfg.toy),
+                                      pol.trust_remote_code)
+    policy = models.load_policy(policy_path, pol.dtype, pol.trust_remote_code,
+                                pol.gradient_checkpointing)
+    reward = load_reward_stack(cfg.reward_model, cfg.toy, dist.device)
+    mode = get_mode(cfg.redistribution.mode)
+    pipeline = RewardPipeline(reward, tokenizer, mode.needs,
+                              users=f"redistribution={mode.name}")
+    critic = critic_init = None
+    if estimator.needs_critic:
+        critic, critic_init = models.build_critic(
+            cfg.ppo.critic_init, reward.model, policy, pipeline.rm_is_causal,
+            pipeline.same_tokenizer, pol.gradient_checkpointing)
+    lora = pol.lora
+    if lora.r > 0:
+        # After the critic is built: it copies the plain policy, not the adapters.
+        policy = models.add_lora(policy, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        if lora.critic and critic is not None:
+            models.add_critic_lora(critic, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    # Made before the engines exist: under ZeRO-3 a copy made later would copy partitions.
+    reference = models.reference_from(policy).to(dist.device)
+    warning = gamma_warning(mode, cfg.ppo.gamma)
+    if warning and dist.is_main:
+        log.warning(warning)
+    return Models(tokenizer, policy, reference, critic, critic_init, reward, pipeline, mode,
+                  knobs_of(cfg.redistribution), policy_path)
+
+
+def build_engines(m: Models, cfg: Any, sizes: Sizes) -> dict[str, Any]:
+    """DeepSpeed engines for what trains: the policy, and the critic when there is one."""
+    p = cfg.ppo
+    ds_cfg = cfg.deepspeed
+    steps_per_iteration = p.ppo_epochs * sizes.mini_batches_per_epoch
+    common = dict(scheduler=p.lr_scheduler, betas=p.adam_betas,
+                  total_steps=p.iterations * steps_per_iteration,
+                  warmup_steps=p.warmup_iterations * steps_per_iteration,
+                  config=distributed.ds_config(
+                      micro_batch=p.micro_batch_size, grad_accum=sizes.grad_accum,
+                      max_grad_norm=p.max_grad_norm, zero_stage=ds_cfg.zero_stage,
+                      offload_optimizer=ds_cfg.offload_optimizer,
+                      offload_param=ds_cfg.offload_param, precision=ds_cfg.precision))
+    engines = {"policy": distributed.init_engine(m.policy, lr=p.learning_rate,
+                                                 weight_decay=p.weight_decay, **common)}
+    if m.critic is not None:
+        engines["critic"] = distributed.init_engine(m.critic, lr=p.critic_learning_rate,
+                                                    weight_decay=p.critic_weight_decay, **common)
+    return engines
+
+
+def build_prompts(cfg: Any, tokenizer, dist: distributed.DistInfo) -> PromptStream:
+    """The training prompts, read through the dataset's adapter, as this rank's stream."""
+    ds = cfg.dataset
+    prompts = load_prompts(ds.path, ds.split, ds.prompt_column, toy_cfg=cfg.toy,
+                           max_prompts=ds.max_prompts, adapter=ds.adapter,
+                           options=options_from(ds), data_dir=ds.data_dir)
+    return PromptStream(prompts, tokenizer, global_batch=cfg.ppo.rollout_batch_size,
+                        rank=dist.rank, world_size=dist.world_size, seed=cfg.seed,
+                        max_prompt_length=ds.max_prompt_length,
+                        use_chat_template=cfg.policy.use_chat_template)
+
+
+def gold_judge(cfg: Any):
+    """The toy world's VADER judge when the prompts come from it; no gold otherwise."""
+    if not is_toy(cfg.dataset.path):
+        return None
+    from red_cli.toy.judge import GoldJudge
+
+    return GoldJudge()
