@@ -38,11 +38,16 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
 
 
+def _first_child(model: nn.Module, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` that is a submodule of ``model``."""
+    return next((n for n in names if isinstance(getattr(model, n, None), nn.Module)), None)
+
+
 def output_layer(model: nn.Module) -> tuple[nn.Module, str, nn.Module | None]:
     """(owner, attribute, module) of a sequence classifier's output layer: the first of
     ``HEAD_NAMES``, or ``classifier.out_proj`` for RoBERTa-style heads. module is None when
     nothing is found."""
-    name = next((n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)), None)
+    name = _first_child(model, HEAD_NAMES)
     if name is None:
         return model, "", None
     head = getattr(model, name)
@@ -86,28 +91,22 @@ def is_causal_rm(model: nn.Module) -> bool:
     is_decoder = getattr(model.config, "is_decoder", None)
     if isinstance(is_decoder, bool):
         return is_decoder
-    return any(isinstance(getattr(model, name, None), nn.Module) for name in DECODER_HEAD_NAMES)
+    return _first_child(model, DECODER_HEAD_NAMES) is not None
 
 
 def causal_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(backbone returning last_hidden_state, scalar head) of a decoder reward model."""
-    head = next(
-        (getattr(model, n) for n in DECODER_HEAD_NAMES
-         if isinstance(getattr(model, n, None), nn.Module)),
-        None,
-    )
-    if head is None:
+    head_name = _first_child(model, DECODER_HEAD_NAMES)
+    if head_name is None:
         raise ValueError(
             f"{type(model).__name__}: cannot find the reward head; expected one of the "
             f"attributes {DECODER_HEAD_NAMES} (HF *ForSequenceClassification decoders use `score`)"
         )
+    head = getattr(model, head_name)
     backbone = getattr(model, "base_model", model)
     if backbone is model:
-        backbone = next(
-            (getattr(model, n) for n in BACKBONE_NAMES
-             if isinstance(getattr(model, n, None), nn.Module)),
-            None,
-        )
+        name = _first_child(model, BACKBONE_NAMES)
+        backbone = getattr(model, name) if name else None
     if backbone is None:
         raise ValueError(
             f"{type(model).__name__}: cannot find the backbone; expected `base_model_prefix` "

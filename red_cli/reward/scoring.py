@@ -58,15 +58,6 @@ class ScoreOutput(NamedTuple):
     attention_row: Tensor | None
 
 
-def pooled_index(model: nn.Module, attention_mask: Tensor) -> Tensor:
-    """[b] index of the token the reward head reads: last real token for causal RMs, first
-    real token (CLS) for encoders."""
-    _check_nonempty(attention_mask)
-    if is_causal_rm(model):
-        return last_true_index(attention_mask.bool())
-    return first_true_index(attention_mask.bool())
-
-
 def _check_nonempty(attention_mask: Tensor) -> None:
     if not bool(attention_mask.bool().any(-1).all()):
         raise ValueError("every row of attention_mask needs at least one real token")

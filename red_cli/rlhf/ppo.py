@@ -80,8 +80,6 @@ class PolicyLoss(NamedTuple):
     """0-d, fraction of real tokens where the clipped term was active."""
     approx_kl: torch.Tensor
     """0-d, 0.5 * mean((logp - old_logp)^2) over real tokens (TRL's k2 estimate)."""
-    ratio_mean: torch.Tensor
-    """0-d, mean of pi / pi_old over real tokens (should stay near 1)."""
 
 
 def policy_loss(
@@ -117,8 +115,7 @@ def policy_loss(
     with torch.no_grad():
         clipfrac = masked_mean((clipped > unclipped).to(ratio.dtype), response_mask)
         approx_kl = 0.5 * masked_mean(log_ratio * log_ratio, response_mask)
-        ratio_mean = masked_mean(ratio, response_mask)
-    return PolicyLoss(loss=loss, clipfrac=clipfrac, approx_kl=approx_kl, ratio_mean=ratio_mean)
+    return PolicyLoss(loss=loss, clipfrac=clipfrac, approx_kl=approx_kl)
 
 
 class ValueLoss(NamedTuple):

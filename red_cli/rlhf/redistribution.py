@@ -156,12 +156,7 @@ def td(
     prev_index = torch.cat([torch.full_like(last_real_upto[:, :1], -1), last_real_upto[:, :-1]], 1)
     prev_score = scores.gather(1, prev_index.clamp(min=0))
 
-    last = last_true_index(response_mask)
-    last_score = scores.gather(1, last.clamp(min=0)[:, None]).squeeze(1)
-    first = first_true_index(response_mask)
-    first_score = scores.gather(1, first.clamp(min=0)[:, None]).squeeze(1)
-    baseline = _FIRST_TOKEN_BASELINES[first_token](first_score, prompt_scores)
-
+    last_score, baseline = _td_ends(scores, prompt_scores, response_mask, first_token)
     previous = torch.where(prev_index >= 0, prev_score, baseline[:, None])
     time_difference = _zero_outside(scores - previous, response_mask)
     return beta_c * time_difference + (1.0 - beta_c) * sparse(last_score, response_mask)
@@ -185,11 +180,16 @@ def td_total(
     Args: as :func:`td`. Returns: [b].
     """
     _check_shapes(response_mask, prompt_scores, position_scores=position_scores)
-    last = position_scores.gather(1, last_true_index(response_mask).clamp(min=0)[:, None])
-    first = position_scores.gather(1, first_true_index(response_mask).clamp(min=0)[:, None])
-    last, first = last.squeeze(1), first.squeeze(1)
-    baseline = _FIRST_TOKEN_BASELINES[first_token](first, prompt_scores)
+    last, baseline = _td_ends(position_scores, prompt_scores, response_mask, first_token)
     return beta_c * (last - baseline) + (1 - beta_c) * last
+
+
+def _td_ends(scores: torch.Tensor, prompt_scores: torch.Tensor, response_mask: torch.Tensor,
+             first_token: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """([b] P_last, [b] the first token's baseline) of td's prefix path; 0-index for empty rows."""
+    last = scores.gather(1, last_true_index(response_mask).clamp(min=0)[:, None]).squeeze(1)
+    first = scores.gather(1, first_true_index(response_mask).clamp(min=0)[:, None]).squeeze(1)
+    return last, _FIRST_TOKEN_BASELINES[first_token](first, prompt_scores)
 
 
 def abc(

@@ -23,8 +23,8 @@ from transformers import (
 )
 
 from red_cli.models.anatomy import is_causal_rm
-from red_cli.reward.scoring import ScoreOutput, pooled_index, prefix_scores_exact, score_batch
-from red_cli.rlhf.masking import position_ids_from_mask
+from red_cli.reward.scoring import ScoreOutput, prefix_scores_exact, score_batch
+from red_cli.rlhf.masking import last_true_index, position_ids_from_mask
 
 VOCAB, PAD, EOS, CLS, SEP = 64, 0, 2, 3, 4
 
@@ -152,15 +152,13 @@ def _alone(model, seq: torch.Tensor) -> float:
         return model(input_ids=seq[None]).logits[0, 0].item()
 
 
-def test_position_ids_and_pooled_index():
+def test_position_ids_count_real_tokens_only():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 1, 1, 0]])
     assert position_ids_from_mask(mask).tolist() == [
         [0, 0, 0, 1, 2],
         [0, 1, 2, 2, 2],
         [0, 0, 1, 2, 2],
     ]
-    assert pooled_index(_gpt2(), mask).tolist() == [4, 2, 3]  # last real token
-    assert pooled_index(_bert(), mask).tolist() == [2, 0, 0]  # first real token (CLS)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -225,7 +223,7 @@ def test_attention_row_matches_eager_with_left_padding(models, name, monkeypatch
             output_attentions=True,
         ).attentions
     assert len(maps) == model.config.num_hidden_layers
-    pooled = pooled_index(model, mask)
+    pooled = last_true_index(mask.bool())  # causal: the last real token
     expected = maps[-1].mean(1)[torch.arange(len(seqs)), pooled]  # [b, L]
     torch.testing.assert_close(out.attention_row, expected * mask, atol=1e-5, rtol=0)
     for i, s in enumerate(seqs):  # and the unpadded single-sequence eager row
@@ -243,7 +241,7 @@ def test_one_pass_gives_all_three_outputs(models):
     assert isinstance(out, ScoreOutput)
     assert out.scores.shape == (3,) and out.position_scores.shape == ids.shape
     assert out.attention_row.shape == ids.shape
-    pooled = pooled_index(model, mask)
+    pooled = last_true_index(mask.bool())  # causal: the last real token
     torch.testing.assert_close(out.scores, out.position_scores[torch.arange(3), pooled])
 
 
