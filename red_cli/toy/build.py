@@ -61,6 +61,9 @@ MAGIC_NAMES = {
     "toy:prompts_eval": "prompts_eval.jsonl",
 }
 POSITIVE, NEGATIVE = 0.05, -0.05  # VADER's own thresholds for "positive" / "negative"
+# No dropout (PPO's logprobs must not be noisy); fused gelu is cheaper than gelu_new.
+GPT2_NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+                   "activation_function": "gelu"}
 
 
 @dataclass
@@ -228,11 +231,41 @@ def _build(cfg: ToyConfig, out: Path, progress: bool) -> dict[str, Any]:
     return summary
 
 
-def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
-                 worker) -> dict[str, Any]:
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import (
+class _Progress:
+    """Stage timings (`lap`) and tqdm bars of one build."""
+
+    def __init__(self, enabled: bool, start: float):
+        self.enabled = enabled
+        self.clock = start
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.clock, 2)
+        self.clock = now
+
+    def bar(self, desc: str, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=f"toy {desc}", disable=not self.enabled, leave=False,
+                    dynamic_ncols=True)
+
+
+def _loss_step(bar) -> Callable[[float], None]:
+    """A training-step callback that advances `bar` and shows the loss."""
+    def step(loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    return step
+
+
+def _import_libraries() -> None:
+    """Import the heavy libraries up front, so that their cost is the "imports" timing
+    rather than part of whichever stage first needs them."""
+    import torch  # noqa: F401
+    from tqdm.auto import tqdm  # noqa: F401
+    from transformers import (  # noqa: F401
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -241,34 +274,168 @@ def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
         GPT2LMHeadModel,
     )
 
-    from red_cli.toy import corpus, train
+    from red_cli.toy import corpus, train  # noqa: F401
+    from red_cli.toy.judge import gold_scores  # noqa: F401
+    from red_cli.toy.parallel import RMJob, run_rm_job  # noqa: F401
+    from red_cli.toy.tokenizer import train_bpe, train_wordpiece  # noqa: F401
+
+
+@dataclass
+class _Corpus:
+    texts: list[str]
+    golds: list[float]
+    val_idx: list[int]
+    prompt_idx: list[int]
+    sft_idx: list[int]
+    train_prompts: list[str]
+    eval_prompts: list[str]
+
+    @property
+    def sft_texts(self) -> list[str]:
+        return [self.texts[i] for i in self.sft_idx]
+
+
+@dataclass
+class _Tokenizers:
+    bpe: Any  # policy tokenizer (left padding)
+    xtok: Any  # WordPiece tokenizer of toy_xtok
+    special: dict[str, int]  # bos / eos / pad ids of `bpe`, for the model configs
+
+
+@dataclass
+class _PolicySamples:
+    rm_prompts: list[str]
+    train: Any  # train.Samples: rm_group_size per RM-train prompt
+    eval: Any  # train.Samples: eval_samples_per_prompt per eval prompt
+    train_gold: list[float]
+    eval_gold: list[float]
+
+
+class _Preferences:
+    """Preference matrices of groups, with label noise drawn from the shared group rng."""
+
+    def __init__(self, rng: random.Random, label_noise: float):
+        self.rng = rng
+        self.label_noise = label_noise
+        self.flips = 0
+
+    def encode(self, groups: list) -> list[tuple[list[str], list]]:
+        from red_cli.toy import train
+
+        encoded = []
+        for g in groups:
+            flip = [self.rng.random() < self.label_noise for _ in g.pairs()]
+            self.flips += sum(flip)
+            encoded.append(([g.prompt + r for r in g.responses],
+                            train.preference_matrix(g.golds, flip)))
+        return encoded
+
+
+class _RMTraining:
+    """The three RM jobs: progress bars, results, and the worker process that runs the
+    remote ones (`toy_xtok`, `toy_bidir`) when there is one."""
+
+    def __init__(self, jobs: dict[str, Any], worker, progress: _Progress):
+        self.jobs = jobs
+        self.worker = worker
+        self.remote = ["toy_xtok", "toy_bidir"] if worker is not None else []
+        self.bars = {name: progress.bar(f"rm {name}", job.steps) for name, job in jobs.items()}
+        self.steps = {name: _loss_step(b) for name, b in self.bars.items()}
+        self.results: dict[str, dict[str, Any]] = {}
+        if self.remote:
+            worker.submit([jobs[name] for name in self.remote])
+
+    def pump(self, block: bool = False) -> None:
+        """Progress and results from the worker (a no-op without one)."""
+        if not self.remote:
+            return
+        for kind, name, payload in self.worker.messages(block):
+            if kind == "step":
+                self.steps[name](payload)
+            else:
+                self.results[name] = payload
+
+    def send_samples(self, policy_prefs: list) -> None:
+        if self.remote:
+            self.worker.send_samples(policy_prefs)
+
+    def train_local_and_wait(self, policy_prefs: list) -> dict[str, dict[str, Any]]:
+        """6. Reward models: `toy` here, the two others in the worker process when there
+        is one (this waits for them)."""
+        from red_cli.toy.parallel import run_rm_job
+
+        try:
+            for name, job in self.jobs.items():
+                if name not in self.remote:
+                    job.samples = policy_prefs
+
+                    def on_step(loss: float, name: str = name) -> None:
+                        self.steps[name](loss)
+                        self.pump()
+
+                    self.results[name] = run_rm_job(job, on_step)
+            while len(self.results) < len(self.jobs):
+                self.pump(block=True)
+        finally:
+            for b in self.bars.values():
+                b.close()
+        return self.results
+
+
+def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
+                 worker) -> dict[str, Any]:
+    """The build stages in order; each `lap` closes the timing of the stage above it."""
+    _import_libraries()
+    prog = _Progress(progress, start)
+    prog.lap("imports")
+
+    data = _make_corpus(cfg, out, prog)
+    prog.lap("corpus")
+
+    toks = _train_tokenizers(cfg, out, data.sft_texts)
+    prog.lap("tokenizers")
+
+    # The group rng is shared, in this order, by corpus groups, their label noise, the
+    # held-out corpus pairs and finally the label noise of the policy-sample groups.
+    prefs = _Preferences(random.Random(f"{cfg.seed}:groups"), cfg.label_noise)
+    corpus_groups, corpus_prefs, eval_groups = _corpus_groups(cfg, data, prefs)
+    rms = _RMTraining(_rm_jobs(cfg, out, toks, corpus_prefs), worker, prog)
+    prog.lap("pairs")
+
+    policy, sft_loss = _train_policy(cfg, out, data, toks, prog, rms.pump)
+    prog.lap("sft")
+
+    samples = _sample_policy(cfg, out, policy, toks.bpe, data, prog, rms.pump)
+    policy_groups = _sample_groups(samples.rm_prompts, samples.train, samples.train_gold,
+                                   cfg.rm_group_size)
+    policy_prefs = prefs.encode(policy_groups)
+    eval_groups += _sample_groups(data.eval_prompts, samples.eval, samples.eval_gold,
+                                  cfg.eval_samples_per_prompt)
+    eval_pairs = _eval_pairs(eval_groups, cfg.eval_margin)
+    rms.send_samples(policy_prefs)
+    prog.lap("samples")
+
+    results = rms.train_local_and_wait(policy_prefs)
+    prog.lap("reward_models")
+
+    ppl = _val_perplexity(cfg, out, toks.bpe, [data.texts[i] for i in data.val_idx])
+    rm_summary = _evaluate_rms(out, list(rms.jobs), eval_pairs, results)
+    prog.lap("evaluate")
+
+    return _summary(
+        cfg, data=data, toks=toks, policy=policy, sft_loss=sft_loss, ppl=ppl,
+        samples=samples, rm_summary=rm_summary, rm_in_worker=rms.remote,
+        corpus_groups=corpus_groups, policy_groups=policy_groups, corpus_prefs=corpus_prefs,
+        policy_prefs=policy_prefs, label_flips=prefs.flips, eval_pairs=eval_pairs,
+        timings=prog.timings)
+
+
+def _make_corpus(cfg: ToyConfig, out: Path, prog: _Progress) -> _Corpus:
+    """1. Corpus: reviews with gold scores, split by review; prompts from held-out reviews."""
+    from red_cli.toy import corpus
     from red_cli.toy.judge import gold_scores
-    from red_cli.toy.parallel import RMJob, run_rm_job
-    from red_cli.toy.tokenizer import train_bpe, train_wordpiece
 
-    timings: dict[str, float] = {}
-    clock = [start]
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        timings[name] = round(now - clock[0], 2)
-        clock[0] = now
-
-    def bar(desc: str, total: int):
-        return tqdm(total=total, desc=f"toy {desc}", disable=not progress, leave=False,
-                    dynamic_ncols=True)
-
-    def loss_step(b) -> Callable[[float], None]:
-        def step(loss: float) -> None:
-            b.update(1)
-            b.set_postfix(loss=f"{loss:.3f}", refresh=False)
-
-        return step
-
-    lap("imports")
-
-    # 1. Corpus: reviews with gold scores, split by review; prompts from held-out reviews.
-    with bar("corpus", cfg.n_reviews) as b:
+    with prog.bar("corpus", cfg.n_reviews) as b:
         texts, golds = corpus.generate_reviews(cfg.n_reviews, cfg.seed, gold_scores,
                                                progress=b.update)
     rng = random.Random(f"{cfg.seed}:splits")
@@ -291,10 +458,15 @@ def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
     eval_prompts, train_prompts = prompts[: cfg.n_eval_prompts], prompts[cfg.n_eval_prompts :]
     _write_jsonl(out / "prompts_train.jsonl", [{"prompt": p} for p in train_prompts])
     _write_jsonl(out / "prompts_eval.jsonl", [{"prompt": p} for p in eval_prompts])
-    sft_texts = [texts[i] for i in sft_idx]
-    lap("corpus")
+    return _Corpus(texts, golds, val_idx, prompt_idx, sft_idx, train_prompts, eval_prompts)
 
-    # 2. Tokenizers, trained on the SFT reviews only. RM copies pad on the right.
+
+def _train_tokenizers(cfg: ToyConfig, out: Path, sft_texts: list[str]) -> _Tokenizers:
+    """2. Tokenizers, trained on the SFT reviews only. RM copies pad on the right."""
+    from transformers import AutoTokenizer
+
+    from red_cli.toy.tokenizer import train_bpe, train_wordpiece
+
     bpe = train_bpe(sft_texts, cfg.vocab_size, padding_side="left",
                     model_max_length=cfg.policy_n_positions)
     bpe.save_pretrained(out / "tokenizer")
@@ -306,46 +478,41 @@ def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
     xtok.save_pretrained(out / "tokenizer_xtok")
     special = {"bos_token_id": bpe.bos_token_id, "eos_token_id": bpe.eos_token_id,
                "pad_token_id": bpe.pad_token_id}
-    lap("tokenizers")
+    return _Tokenizers(bpe, xtok, special)
 
-    # 3. Preference groups from the corpus (K continuations of one prompt: SFT-split reviews
-    # sharing their first words), and held-out pairs of validation/prompt-split reviews.
-    # The RMs' first rm_corpus_only_steps steps use corpus groups alone, so the worker
-    # process starts on them now, while this process trains and samples the policy.
-    k_train, k_eval = cfg.rm_group_size, cfg.eval_samples_per_prompt
-    group_rng = random.Random(f"{cfg.seed}:groups")
-    flips = 0
 
-    def with_preferences(groups: list[corpus.Group]) -> list[tuple[list[str], list]]:
-        nonlocal flips
-        encoded = []
-        for g in groups:
-            flip = [group_rng.random() < cfg.label_noise for _ in g.pairs()]
-            flips += sum(flip)
-            encoded.append(([g.prompt + r for r in g.responses],
-                            train.preference_matrix(g.golds, flip)))
-        return encoded
+def _corpus_groups(cfg: ToyConfig, data: _Corpus, prefs: _Preferences):
+    """3. Preference groups from the corpus (K continuations of one prompt: SFT-split
+    reviews sharing their first words), and held-out pairs of validation/prompt-split
+    reviews. Returns (corpus groups, their preferences, held-out groups)."""
+    from red_cli.toy import corpus
 
     corpus_groups = corpus.same_prefix_groups(
-        sft_texts, [golds[i] for i in sft_idx], cfg.rm_corpus_groups, k_train, group_rng,
-        cfg.prompt_min_words, cfg.prompt_max_words)
-    corpus_prefs = with_preferences(corpus_groups)
-    held_idx = val_idx + prompt_idx
+        data.sft_texts, [data.golds[i] for i in data.sft_idx], cfg.rm_corpus_groups,
+        cfg.rm_group_size, prefs.rng, cfg.prompt_min_words, cfg.prompt_max_words)
+    corpus_prefs = prefs.encode(corpus_groups)
+    held_idx = data.val_idx + data.prompt_idx
     eval_groups = corpus.same_prefix_groups(
-        [texts[i] for i in held_idx], [golds[i] for i in held_idx], cfg.eval_corpus_pairs, 2,
-        group_rng, cfg.prompt_min_words, cfg.prompt_max_words)
+        [data.texts[i] for i in held_idx], [data.golds[i] for i in held_idx],
+        cfg.eval_corpus_pairs, 2, prefs.rng, cfg.prompt_min_words, cfg.prompt_max_words)
+    return corpus_groups, corpus_prefs, eval_groups
 
-    # No dropout (PPO's logprobs must not be noisy); fused gelu is cheaper than gelu_new.
-    gpt2_common = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-                   "activation_function": "gelu"}
+
+def _rm_jobs(cfg: ToyConfig, out: Path, toks: _Tokenizers, corpus_prefs: list) -> dict:
+    """The three RM jobs. Their first rm_corpus_only_steps steps use corpus groups alone,
+    so the worker process can start on them while this process trains and samples the
+    policy; the policy-sample groups (`samples`) follow."""
+    from red_cli.toy.parallel import RMJob
+
+    bpe, xtok = toks.bpe, toks.xtok
     common = {"corpus": corpus_prefs, "samples": None,
               "corpus_only_steps": cfg.rm_corpus_only_steps,
               "groups_per_step": cfg.rm_groups_per_step, "warmup": cfg.rm_warmup_steps,
               "center_coef": cfg.rm_center_coef}
     gpt2_rm = {"n_positions": cfg.rm_n_positions, "n_embd": cfg.rm_n_embd,
                "n_layer": cfg.rm_n_layer, "n_head": cfg.rm_n_head, "num_labels": 1,
-               "use_cache": False, **gpt2_common}
-    jobs = {
+               "use_cache": False, **GPT2_NO_DROPOUT}
+    return {
         "toy": RMJob(
             name="toy", out_dir=str(out / RM_DIRS["toy"]),
             tokenizer_dir=str(out / "tokenizer_rm"), arch="gpt2_from_policy",
@@ -365,60 +532,61 @@ def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
                     "intermediate_size": 4 * cfg.rm_n_embd,
                     "max_position_embeddings": cfg.rm_n_positions, "type_vocab_size": 1,
                     "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-                    "classifier_dropout": 0.0, "num_labels": 1, **special},
+                    "classifier_dropout": 0.0, "num_labels": 1, **toks.special},
             steps=cfg.rm_steps, lr=cfg.rm_lr, seed=cfg.seed + 12, **common),
     }
-    remote = ["toy_xtok", "toy_bidir"] if worker is not None else []
-    bars = {name: bar(f"rm {name}", job.steps) for name, job in jobs.items()}
-    rm_steps = {name: loss_step(b) for name, b in bars.items()}
-    results: dict[str, dict[str, Any]] = {}
 
-    def pump(block: bool = False) -> None:
-        """Progress and results from the worker (a no-op without one)."""
-        if not remote:
-            return
-        for kind, name, payload in worker.messages(block):
-            if kind == "step":
-                rm_steps[name](payload)
-            else:
-                results[name] = payload
 
-    if remote:
-        worker.submit([jobs[name] for name in remote])
-    lap("pairs")
+def _encode_lm(bpe, texts: list[str], n_positions: int) -> list[list[int]]:
+    """bos + text + eos token ids, cut to the policy's context."""
+    return [(s + [bpe.eos_token_id])[:n_positions] for s in bpe(texts)["input_ids"]]
 
-    # 4. SFT policy: a tiny GPT-2 LM on bos + review + eos.
-    def encode(batch: list[str]) -> list[list[int]]:
-        return [(s + [bpe.eos_token_id])[: cfg.policy_n_positions]
-                for s in bpe(batch)["input_ids"]]
 
+def _train_policy(cfg: ToyConfig, out: Path, data: _Corpus, toks: _Tokenizers,
+                  prog: _Progress, pump: Callable[[], None]):
+    """4. SFT policy: a tiny GPT-2 LM on bos + review + eos. Returns (policy, final loss)."""
+    import torch
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    from red_cli.toy import train
+
+    bpe = toks.bpe
     torch.manual_seed(cfg.seed)
     policy = GPT2LMHeadModel(GPT2Config(
         vocab_size=len(bpe), n_positions=cfg.policy_n_positions, n_embd=cfg.policy_n_embd,
-        n_layer=cfg.policy_n_layer, n_head=cfg.policy_n_head, **gpt2_common, **special,
+        n_layer=cfg.policy_n_layer, n_head=cfg.policy_n_head, **GPT2_NO_DROPOUT,
+        **toks.special,
     ))
-    with bar("sft", cfg.sft_steps) as b:
-        sft_step = loss_step(b)
+    with prog.bar("sft", cfg.sft_steps) as b:
+        sft_step = _loss_step(b)
 
         def on_sft_step(loss: float) -> None:
             sft_step(loss)
             pump()
 
-        sft_loss = train.train_lm(policy, encode(sft_texts), bpe.pad_token_id, cfg.sft_steps,
-                                  cfg.sft_batch_size, cfg.sft_lr, cfg.sft_warmup_steps,
-                                  cfg.seed, on_sft_step)
+        sft_loss = train.train_lm(policy, _encode_lm(bpe, data.sft_texts, cfg.policy_n_positions),
+                                  bpe.pad_token_id, cfg.sft_steps, cfg.sft_batch_size,
+                                  cfg.sft_lr, cfg.sft_warmup_steps, cfg.seed, on_sft_step)
     policy.generation_config = GenerationConfig(
         do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
-        max_new_tokens=cfg.max_new_tokens, **special,
+        max_new_tokens=cfg.max_new_tokens, **toks.special,
     )
     policy.save_pretrained(out / "policy")
     bpe.save_pretrained(out / "policy")
-    lap("sft")
+    return policy, sft_loss
 
-    # 5. Policy samples: rm_group_size per RM-train prompt (the second half of the RMs'
-    # data), eval_samples_per_prompt per eval prompt; gold score of each prompt + response.
-    rm_prompts = train_prompts[: cfg.rm_sft_prompts]
-    with bar("samples", k_train * len(rm_prompts) + k_eval * len(eval_prompts)) as b:
+
+def _sample_policy(cfg: ToyConfig, out: Path, policy, bpe, data: _Corpus, prog: _Progress,
+                   pump: Callable[[], None]) -> _PolicySamples:
+    """5. Policy samples: rm_group_size per RM-train prompt (the second half of the RMs'
+    data), eval_samples_per_prompt per eval prompt; gold score of each prompt + response."""
+    from red_cli.toy import train
+    from red_cli.toy.judge import gold_scores
+
+    k_train, k_eval = cfg.rm_group_size, cfg.eval_samples_per_prompt
+    rm_prompts = data.train_prompts[: cfg.rm_sft_prompts]
+    eval_prompts = data.eval_prompts
+    with prog.bar("samples", k_train * len(rm_prompts) + k_eval * len(eval_prompts)) as b:
         def on_batch(n: int) -> None:
             b.update(n)
             pump()
@@ -436,49 +604,50 @@ def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
         for p, r, g, e in zip(eval_samples.prompts, eval_samples.responses, eval_gold,
                               eval_samples.ended)
     ])
+    return _PolicySamples(rm_prompts, train_samples, eval_samples, train_gold, eval_gold)
 
-    def sample_groups(prompts_: list[str], samples: train.Samples, gold: list[float],
-                      k: int) -> list[corpus.Group]:
-        return [corpus.Group(p, tuple(samples.responses[j * k : (j + 1) * k]),
-                             tuple(gold[j * k : (j + 1) * k]), "sft")
-                for j, p in enumerate(prompts_)]
 
-    policy_groups = sample_groups(rm_prompts, train_samples, train_gold, k_train)
-    policy_prefs = with_preferences(policy_groups)
-    eval_groups += sample_groups(eval_prompts, eval_samples, eval_gold, k_eval)
-    eval_pairs = [(g.prompt + g.responses[i], g.prompt + g.responses[j],
-                   g.golds[i] - g.golds[j], g.source)
-                  for g in eval_groups for i, j in g.pairs()
-                  if abs(g.golds[i] - g.golds[j]) >= cfg.eval_margin]
-    if remote:
-        worker.send_samples(policy_prefs)
-    lap("samples")
+def _sample_groups(prompts: list[str], samples, gold: list[float], k: int) -> list:
+    """One group per prompt from its k consecutive (prompt-major) samples."""
+    from red_cli.toy import corpus
 
-    # 6. Reward models: `toy` here, the two others in the worker process when there is one.
-    try:
-        for name, job in jobs.items():
-            if name not in remote:
-                job.samples = policy_prefs
+    return [corpus.Group(p, tuple(samples.responses[j * k : (j + 1) * k]),
+                         tuple(gold[j * k : (j + 1) * k]), "sft")
+            for j, p in enumerate(prompts)]
 
-                def on_step(loss: float, name: str = name) -> None:
-                    rm_steps[name](loss)
-                    pump()
 
-                results[name] = run_rm_job(job, on_step)
-        while len(results) < len(jobs):
-            pump(block=True)
-    finally:
-        for b in bars.values():
-            b.close()
-    lap("reward_models")
+def _eval_pairs(eval_groups: list, margin: float) -> list[tuple[str, str, float, str]]:
+    """(text a, text b, gold a - gold b, source) of every within-group pair whose gold
+    scores differ by at least `margin`."""
+    return [(g.prompt + g.responses[i], g.prompt + g.responses[j],
+             g.golds[i] - g.golds[j], g.source)
+            for g in eval_groups for i, j in g.pairs()
+            if abs(g.golds[i] - g.golds[j]) >= margin]
 
-    # 7. Evaluation through the saved files, the way users load them.
+
+def _val_perplexity(cfg: ToyConfig, out: Path, bpe, val_texts: list[str]) -> float:
+    """7. Evaluation through the saved files, the way users load them: the policy's
+    validation perplexity."""
+    from transformers import AutoModelForCausalLM
+
+    from red_cli.toy import train
+
     loaded_policy = AutoModelForCausalLM.from_pretrained(out / "policy")
-    ppl = train.perplexity(loaded_policy, encode([texts[i] for i in val_idx]),
-                           bpe.pad_token_id)
+    return train.perplexity(loaded_policy, _encode_lm(bpe, val_texts, cfg.policy_n_positions),
+                            bpe.pad_token_id)
+
+
+def _evaluate_rms(out: Path, names: list[str], eval_pairs: list,
+                  results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each saved RM, loaded the way users load it: its held-out pairwise accuracy against
+    gold, score statistics and training results."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from red_cli.toy import train
+
     eval_texts = sorted({t for a, b, _, _ in eval_pairs for t in (a, b)})
     rm_summary = {}
-    for name in jobs:
+    for name in names:
         path = out / RM_DIRS[name]
         scores = dict(zip(eval_texts, train.score_texts(
             AutoModelForSequenceClassification.from_pretrained(path),
@@ -497,37 +666,44 @@ def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
             "tokenizer": "wordpiece" if name == "toy_xtok" else "policy bpe",
             **results[name],
         }
-    lap("evaluate")
+    return rm_summary
 
+
+def _summary(cfg: ToyConfig, *, data: _Corpus, toks: _Tokenizers, policy, sft_loss: float,
+             ppl: float, samples: _PolicySamples, rm_summary: dict, rm_in_worker: list[str],
+             corpus_groups: list, policy_groups: list, corpus_prefs: list,
+             policy_prefs: list, label_flips: int, eval_pairs: list,
+             timings: dict[str, float]) -> dict[str, Any]:
+    k_train, k_eval = cfg.rm_group_size, cfg.eval_samples_per_prompt
     return {
         "format_version": FORMAT_VERSION,
         "config": dataclasses.asdict(cfg),
         "corpus": {
-            "n_reviews": len(texts),
-            "n_sft_reviews": len(sft_idx),
-            "n_val_reviews": len(val_idx),
-            "n_prompts_train": len(train_prompts),
-            "n_prompts_eval": len(eval_prompts),
-            **_gold_stats(golds),
+            "n_reviews": len(data.texts),
+            "n_sft_reviews": len(data.sft_idx),
+            "n_val_reviews": len(data.val_idx),
+            "n_prompts_train": len(data.train_prompts),
+            "n_prompts_eval": len(data.eval_prompts),
+            **_gold_stats(data.golds),
         },
-        "tokenizers": {"policy_bpe_vocab": len(bpe), "xtok_wordpiece_vocab": len(xtok)},
+        "tokenizers": {"policy_bpe_vocab": len(toks.bpe), "xtok_wordpiece_vocab": len(toks.xtok)},
         "policy": {
             "params": sum(t.numel() for t in policy.parameters()),
             "val_perplexity": ppl,
             "final_train_loss": sft_loss,
         },
         "sft_samples": {
-            **_gold_stats(eval_gold),
-            "mean_new_tokens": statistics.mean(eval_samples.new_tokens),
-            "frac_ended_with_eos": statistics.mean(eval_samples.ended),
+            **_gold_stats(samples.eval_gold),
+            "mean_new_tokens": statistics.mean(samples.eval.new_tokens),
+            "frac_ended_with_eos": statistics.mean(samples.eval.ended),
         },
         "reward_models": rm_summary,
-        "rm_in_worker": remote,
+        "rm_in_worker": rm_in_worker,
         "rm_train": {
             "n_groups": {"corpus": len(corpus_groups), "sft": len(policy_groups)},
             "n_pairs": {"corpus": sum(int(sum(map(sum, p))) for _, p in corpus_prefs),
                         "sft": sum(int(sum(map(sum, p))) for _, p in policy_prefs)},
-            "label_flips": flips,
+            "label_flips": label_flips,
             "definition": (
                 f"groups of {k_train} continuations of one prompt (same-prefix SFT-split "
                 f"reviews, or {k_train} policy samples of a train prompt); Bradley-Terry loss "
