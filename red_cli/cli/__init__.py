@@ -9,11 +9,20 @@ so `red --help` answers at once.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from red_cli.cli.args import (
+    ArgumentError,
+    check_choice_keys,
+    check_flags,
+    check_output_dirs,
+    overrides_of,
+    quote_paths,
+)
+from red_cli.errors import UserError
 
 USAGE = """usage: red <verb> [overrides ...] [hydra flags]
 
@@ -22,8 +31,8 @@ red: an RLHF experiment runner for token-level reward redistribution.
 verbs:
 {verbs}
 
-Every verb is a Hydra app: `red train --help` lists its config groups, `red train --cfg job`
-prints the composed config, `red train -m redistribution=sparse,td seed=0,1` sweeps.
+Every verb is a Hydra app: `red train --help` lists its config groups and keys, `red train
+--cfg job` prints the composed config, `red train -m redistribution=sparse,td seed=0,1` sweeps.
 """
 
 
@@ -78,86 +87,70 @@ def _explain(cfg) -> None:
 
 # verb -> (config name, task function, one-line help)
 VERBS: dict[str, tuple[str, Callable, str]] = {
-    "train": ("train", _train, "run PPO with per-token rewards (sparse, td, abc, uniform) under DeepSpeed"),
+    "train": ("train", _train, "run PPO with per-token rewards (sparse, td, abc, uniform, ...) under DeepSpeed"),
     "eval": ("eval", _eval, "win rate of a run vs a baseline (gold / reward_model / llm judge) with a bootstrap CI"),
     "report": ("report", _report, "table and learning curves of a sweep, runs grouped by overrides minus seed"),
     "explain": ("explain", _explain, "pictures of per-token credit under sparse / td / abc for a few samples"),
     "toy": ("toy", _toy, "build (or load from cache) the embedded toy task and print its summary"),
 }
 
-# Verbs that take directories as bare arguments: `red report DIR ...` -> runs=[...],
-# `red eval DIR` / `red explain DIR` -> run=...
-_POSITIONAL_KEY = {"report": "runs", "eval": "run", "explain": "run"}
-# Keys whose values are paths: quoted for Hydra when they hold its special characters.
-_PATH_KEYS = ("run", "baseline", "output_dir")
-# Hydra flags followed by a value that is not an override.
-_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
-                "-cd", "--config-dir", "--experimental-rerun"}
-_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-
-
-def _hydra_quote(text: str) -> str:
-    """A string as a Hydra quoted value: no sweep on commas, no interpolation on `${`."""
-    # Hydra reads backslashes literally except before a quote or the closing quote.
-    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("${", "\\${") + "'"
-
-
-def _path_arguments(verb: str, args: list[str]) -> list[str]:
-    """Bare directory arguments -> one override; path values -> quoted (run dirs hold `=`, `,`)."""
-    key = _POSITIONAL_KEY[verb]
-    out, paths, skip = [], [], False
-    for k, arg in enumerate(args):
-        if skip or arg.startswith("-") or (args[k - 1:k] == ["--info"] and arg in _INFO_CHOICES):
-            skip = arg in _VALUE_FLAGS
-            out.append(arg)
-            continue
-        name, eq, value = arg.partition("=")
-        if not eq or os.path.exists(arg):
-            paths.append(arg)
-        elif name in _PATH_KEYS and value and value[0] not in "'\"" and re.search(r"[,=${}\[\]' ]", value):
-            out.append(f"{name}={_hydra_quote(value)}")
-        else:
-            out.append(arg)
-    if not paths:
-        return out
-    if key == "runs":
-        return [*out, "runs=[" + ",".join(_hydra_quote(p) for p in paths) + "]"]
-    if len(paths) > 1:
-        sys.stderr.write(f"red {verb}: one run or model path expected, got {len(paths)}: "
-                         + ", ".join(paths) + "\n")
-        raise SystemExit(2)
-    return [*out, f"run={_hydra_quote(paths[0])}"]
-
-
 def _usage() -> str:
     width = max(len(v) for v in VERBS)
     return USAGE.format(verbs="\n".join(f"  {v.ljust(width)}  {h}" for v, (_, _, h) in VERBS.items()))
 
 
-def _show_sweep_configs(verb: str, args: list[str]) -> None:
-    """`-m ... --cfg job`: Hydra refuses the pair; print every job's composed config instead."""
+def show_configs(verb: str, args: list[str]) -> None:
+    """`--cfg job|hydra|all` (with or without -m): print each job's composed config, then run
+    the start-up checks `red <verb>` would run, so a config it would refuse is not shown as fine."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    from red_cli.config import conf_dir
+    from red_cli.config import checks, conf_dir
 
-    flags = {"-m", "--multirun", "-c", "--cfg", "job", "hydra", "all", "-p", "--package"}
-    overrides = [a for a in args if a not in flags]
-    which = args[args.index("-c" if "-c" in args else "--cfg") + 1]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
-        for num, job in enumerate(jobs):
-            cfg = compose(VERBS[verb][0], overrides=job, return_hydra_config=which != "job")
-            if which == "hydra":
-                cfg = cfg.hydra
-            elif which == "job" and "hydra" in cfg:
-                del cfg["hydra"]
-            sys.stdout.write(f"# job {num}: {' '.join(job)}\n{OmegaConf.to_yaml(cfg)}\n")
+    flag = "-c" if "-c" in args else "--cfg"
+    which = args[args.index(flag) + 1] if args.index(flag) + 1 < len(args) else ""
+    if which not in ("job", "hydra", "all"):
+        fail(verb, f"{flag} takes job, hydra or all, got {which!r}")
+    overrides = overrides_of(args)
+    package = next((args[k + 1] for k, a in enumerate(args[:-1]) if a in ("-p", "--package")), None)
+    validate = {"train": lambda c: (checks.validate_train(c), checks.check_paths(c)),
+                "eval": checks.validate_eval, "report": checks.validate_report,
+                "explain": checks.validate_explain}.get(verb)
+    problems = []
+    try:
+        jobs = [job for batch in BasicSweeper.split_arguments(
+            OverridesParser.create().parse_overrides(overrides), None) for job in batch]
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=verb):
+            for num, job in enumerate(jobs):
+                cfg = compose(VERBS[verb][0], overrides=job, return_hydra_config=which != "job")
+                shown = cfg.hydra if which == "hydra" else cfg
+                if which == "job" and "hydra" in shown:
+                    del shown["hydra"]
+                if package:
+                    shown = OmegaConf.select(shown, package)
+                head = f"# job {num}: {' '.join(job)}\n" if len(jobs) > 1 or {"-m", "--multirun"} & set(args) else ""
+                sys.stdout.write(head + OmegaConf.to_yaml(shown, resolve="--resolve" in args) + "\n")
+                if validate is not None:
+                    if "output_dir" in cfg and OmegaConf.is_missing(cfg, "output_dir") is False:
+                        cfg.output_dir = "unused"
+                    try:
+                        validate(cfg)
+                    except UserError as err:
+                        problems.append((f"job {num}: " if len(jobs) > 1 else "") + str(err))
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(verb, _first_lines(str(err)))
+    if problems:
+        text = "\n".join(p.removeprefix("invalid config:\n") for p in problems)
+        fail(verb, f"the config above is invalid; red {verb} would refuse it:\n{text}")
+
+
+def _first_lines(text: str, n: int = 6) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines[:n])
 
 
 def run_verb(verb: str, args: list[str]) -> None:
@@ -165,13 +158,18 @@ def run_verb(verb: str, args: list[str]) -> None:
 
     from red_cli.config import conf_dir, register_configs, register_resolvers
 
-    config_name, task, _ = VERBS[verb]
+    config_name, task, summary = VERBS[verb]
+    if {"-h", "--help"} & set(args):
+        from red_cli.cli.help import verb_help
+
+        sys.stdout.write(verb_help(verb, summary, conf_dir()))
+        return
     register_resolvers()
     register_configs()
-    if {"-m", "--multirun"} & set(args) and {"-c", "--cfg"} & set(args):
-        _show_sweep_configs(verb, args)
+    if {"-c", "--cfg"} & set(args):
+        show_configs(verb, args)
         return
-    # Hydra reads sys.argv; the program name shows in its --help.
+    # Hydra reads sys.argv; the program name shows in its messages.
     sys.argv = [f"red {verb}", *args]
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
     app()
@@ -186,8 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     if verb not in VERBS:
         sys.stderr.write(f"red: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}\n")
         raise SystemExit(2)
-    if verb in _POSITIONAL_KEY:
-        args = _path_arguments(verb, args)
+    try:
+        check_flags(verb, args)
+        check_choice_keys(verb, args)
+        args = quote_paths(verb, args)
+        if verb == "train" and not {"-h", "--help", "-c", "--cfg", "--info", "-i"} & set(args):
+            check_output_dirs(args)
+    except ArgumentError as err:
+        fail(verb, str(err))
     run_verb(verb, args)
 
 

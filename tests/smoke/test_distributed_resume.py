@@ -67,9 +67,32 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_toy, tmp_path):
     assert resumed == straight
 
 
+def _dirs(root):
+    return {p for p in root.rglob("*") if p.is_dir()}
+
+
 def test_resume_refuses_a_finished_run(tiny_toy, tmp_path):
+    red("train", *QUICK, "ppo.iterations=1", cwd=tmp_path)
+    [run] = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert runs.read_status(run) == "complete"
+    before, metrics = _dirs(tmp_path), (run / "metrics.jsonl").read_text()
+
+    # As typed: the directory's name holds `=` and `,` (Hydra's grammar would reject them
+    # unquoted; red quotes path keys itself).
+    assert "=" in run.name and "," in run.name
+    proc = red("train", f"resume={run}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "already finished" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert _dirs(tmp_path) == before, "a refused resume leaves no run directory behind"
+    assert runs.read_status(run) == "complete"
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_resume_refuses_a_missing_directory(tiny_toy, tmp_path):
     proc = red("train", "resume=nowhere", cwd=tmp_path, check=False)
-    assert proc.returncode != 0 and "resume=nowhere" in proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "resume=nowhere: no such directory" in proc.stderr
+    assert not any(tmp_path.iterdir()), "a refused resume leaves no run directory behind"
 
 
 def test_multirun_sweep_one_dir_per_job(tiny_toy, tmp_path):
