@@ -11,23 +11,30 @@ that text is tracked. Every RM token k gets a target policy response token ``to_
   tokenizer leaves out, belong to the next covered character's token, or the previous one
   at the very end);
 - a token entirely before the response (template, prompt, BOS/CLS) is dropped (-1);
-- a token after the response's last character (an EOS/SEP the RM tokenizer appends, a
-  template suffix) goes to the LAST policy response token (the policy's EOS if it has one).
+- a token after the response as the RM sees it goes to the LAST policy response token (the
+  policy's EOS if it has one): one whose last character lies past the response (a template
+  suffix), or a zero-width one (an EOS/SEP the RM tokenizer appends) past the last response
+  character any RM token covers, so trailing whitespace the RM drops does not hold it back.
 
-Offsets are first "untrimmed" (:func:`untrim_offsets`): a whitespace-only token that
-``trim_offsets`` reported as zero-width gets its whitespace back, on both sides, so the same
-tokenizer maps every token to itself. Tokens still zero-width (specials the tokenizer adds,
-offsets ``(0, 0)``) sit at the cursor ``max(s, end of the previous tokens)``: the first
-token of the text is "before"; a cursor at or past the response end is "after"; otherwise
-the character left of the cursor decides. Targets never decrease along the RM sequence, so summing RM-token
+Offsets are first normalised (:func:`untrim_offsets`) so that each token's span is what its
+bytes hold: a multi-byte character split across byte-level tokens belongs to the token holding
+its LAST byte (a token that also holds something before it, e.g. the space of " 😀" split as
+"ĠðŁ" + "ĺĢ", keeps only that); a whitespace-only token that ``trim_offsets`` reported as
+zero-width gets its whitespace back; the same tokenizer thus maps every token to itself.
+Tokens still zero-width (specials the tokenizer adds, offsets ``(0, 0)``) sit at the cursor
+``max(s, end of the previous tokens)``: the first token of the text is "before"; a cursor at
+or past the RM-covered end of the response is "after"; otherwise the character left of the
+cursor decides. Targets never decrease along the RM sequence, so summing RM-token
 rewards into policy tokens (:func:`to_policy_tokens`) preserves the total over the RM
 response region exactly (up to float addition order), and reading prefix values at the last
 RM token of each policy token (:func:`to_policy_values`) telescopes to the same thing.
 
 Policy tokens with no text (EOS, other specials) have empty spans: they receive only the
 "after" tokens when they are last. Policy spans come from re-encoding the response text with
-the policy tokenizer (offsets, when the ids match the generated ids exactly), else from
-incremental decoding (the decoded length after each token).
+the policy tokenizer (offsets, normalised as above, when the ids match the generated ids
+exactly), else from incremental decoding (the decoded length after each token, a trailing
+partial character, decoded as U+FFFD, left to the token that completes it); both give a
+split character to the token holding its last byte and a space to the token holding it.
 
 Identical tokenizers with the plain template take :func:`identity_rm_batch`: the RM reads the
 policy ids as they are and the mapping is the identity (no text round trip).
@@ -152,12 +159,25 @@ def policy_token_spans(response: str, ids: list[int], tokenizer) -> list[tuple[i
 
 
 def untrim_offsets(offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Give back whitespace that ``trim_offsets`` took away: a zero-width token that follows a
-    gap (byte-level BPE reports a lone "Ġ" as ``(s, s)``) spans the gap instead. Specials the
-    tokenizer adds report ``(0, 0)``, behind the previous end, so they stay zero-width."""
+    """Make fast-tokenizer offsets say which characters each token's bytes hold.
+
+    - A multi-byte character split across consecutive byte-level tokens is reported by both;
+      it belongs to the token holding its LAST byte (that token completes it). A token that
+      shares its end with the next one therefore ends where the next begins, when it holds
+      something before that (" 😀" as "ĠðŁ" + "ĺĢ": "ĠðŁ" keeps only the space). A token
+      holding nothing but leading bytes keeps its span; the next token wins the overlap.
+    - Whitespace that ``trim_offsets`` took away is given back: a zero-width token that follows
+      a gap (byte-level BPE reports a lone "Ġ" as ``(s, s)``, and "ĠðŁ" as ``(s+1, s+2)``)
+      spans the gap instead. Specials the tokenizer adds report ``(0, 0)``, behind the
+      previous end, so they stay zero-width."""
     out: list[tuple[int, int]] = []
     prev_end = 0
-    for s, e in offsets:
+    for k, (s, e) in enumerate(offsets):
+        lo = min(s, prev_end)  # where its bytes start: trimmed whitespace included
+        if k + 1 < len(offsets):
+            ns, ne = offsets[k + 1]
+            if ne > ns and s <= ns < e and ns > lo:  # next token completes our last char
+                s, e = lo, ns
         if s == e and s > prev_end:
             s = prev_end
         out.append((s, e))
@@ -190,6 +210,13 @@ def rm_token_targets(
     """Policy token index (or -1) for each RM token, from RM char offsets in the rendered
     text, the response span [start, end), and the response chars' policy owners."""
     last = n_policy - 1 if n_policy > 0 else -1
+    # The response ends, as the RM sees it, after the last response character an RM token
+    # covers: trailing whitespace it drops (WordPiece) must not keep an appended [SEP]/EOS
+    # "inside" the response, where it would land on the last word instead of the last token.
+    rm_end = start
+    for s, e in offsets:
+        if e > s and s < end and e > start:
+            rm_end = max(rm_end, min(e, end))
     targets: list[int] = []
     prev_end = 0
     for k, (s, e) in enumerate(offsets):
@@ -203,9 +230,9 @@ def rm_token_targets(
                 targets.append(owner[c - start])
         else:
             cursor = max(s, prev_end)
-            if k == 0 or (cursor <= start and cursor < end):
+            if k == 0 or (cursor <= start and cursor < rm_end):
                 targets.append(-1)
-            elif cursor >= end:
+            elif cursor >= rm_end:
                 targets.append(last)
             else:
                 targets.append(owner[cursor - 1 - start])

@@ -270,6 +270,88 @@ def test_sep_appended_by_rm_goes_to_last_policy_token():
     assert batch.terminator_id == WORDPIECE.sep_token_id
 
 
+@pytest.mark.parametrize("eos", [True, False])
+def test_sep_after_trailing_whitespace_the_rm_drops_goes_to_last_policy_token(eos):
+    """WordPiece drops the response's trailing space; its [SEP] still follows the whole
+    response, so its credit lands on the policy EOS (or, truncated, the last policy token,
+    the trailing "Ġ"), not on the last word."""
+    response = "the movie was good "
+    ids = _policy_ids(BPE, response, eos=eos)
+    n = len(ids)
+    assert BPE.convert_ids_to_tokens(ids)[-3:] == (
+        ["Ġgood", "Ġ", "<eos>"] if eos else ["s", "Ġgood", "Ġ"]
+    )
+    good = BPE.convert_ids_to_tokens(ids).index("Ġgood")
+    batch = build_rm_batch(["Review: "], [response], [ids], BPE, WORDPIECE, max_length=32)
+    assert WORDPIECE.convert_ids_to_tokens(_real(batch, 0, "input_ids"))[-2:] == ["good", "[SEP]"]
+    assert _real(batch, 0, "to_policy")[-2:] == [good, n - 1]
+    sep = (batch.input_ids == WORDPIECE.sep_token_id).double()  # one-hot reward on [SEP]
+    out = to_policy_tokens(sep, batch, n)
+    assert out.tolist() == [[0.0] * (n - 1) + [1.0]]
+
+
+def _byte_bpe(trim_offsets: bool = True) -> PreTrainedTokenizerFast:
+    """Byte-level BPE whose merges split " 😀" (bytes 20 F0 9F 98 80) as "ĠðŁ" + "ĺĢ": the
+    first token holds the space and the emoji's first two bytes."""
+    vocab = {"<pad>": 0, "<eos>": 1}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    merges = [("Ġ", "ð"), ("Ġð", "Ł"), ("ĺ", "Ģ"), ("o", "k"), ("Ġ", "ok")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=trim_offsets)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_space_split_with_a_multibyte_char_belongs_to_the_token_holding_it(trim):
+    """ "ok 😀 ok" -> ok | ĠðŁ | ĺĢ | Ġok: the space is in ĠðŁ's bytes, the emoji is completed
+    by ĺĢ (its last byte). trim_offsets reports ĠðŁ as (3, 4) like ĺĢ, dropping the space."""
+    policy = _byte_bpe(trim)
+    response = "ok 😀 ok"
+    ids = _policy_ids(policy, response)
+    assert policy.convert_ids_to_tokens(ids) == ["ok", "ĠðŁ", "ĺĢ", "Ġok", "<eos>"]
+    # ĠðŁ holds the space, ĺĢ the emoji, on both code paths: offsets (re-encoding gives ids)
+    # and incremental decoding (non-canonical "o" "k" first).
+    assert policy_token_spans(response, ids, policy)[1:3] == [(2, 3), (3, 4)]
+    forced = [policy.convert_tokens_to_ids(t) for t in ["o", "k"]] + ids[1:]
+    assert policy_token_spans(response, forced, policy) == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4),
+        (4, 7),
+        (7, 7),
+    ]
+
+    rm = _pieces_tokenizer(["ok", " ", "😀"], eos_appended=True)
+    batch = build_rm_batch([""], [response], [ids], policy, rm, max_length=32)
+    assert rm.convert_ids_to_tokens(_real(batch, 0, "input_ids")) == [
+        "ok",
+        " ",
+        "😀",
+        " ",
+        "ok",
+        "<eos>",
+    ]
+    # policy: 0 ok, 1 ĠðŁ, 2 ĺĢ, 3 Ġok, 4 <eos>; the first space lands on ĠðŁ, not ĺĢ
+    assert _real(batch, 0, "to_policy") == [0, 1, 2, 3, 3, 4]
+    for k, target in enumerate([0, 1, 2, 3, 3, 4]):  # one-hot RM rewards, sums exact
+        onehot = torch.zeros(1, 6, dtype=torch.float64)
+        onehot[0, k] = 1.0
+        out = to_policy_tokens(onehot, batch, 5)
+        assert out.sum().item() == 1.0 and out[0, target].item() == 1.0
+
+    # The same tokenizer through text (non-plain template) maps every token to itself.
+    same = build_rm_batch(["Q:"], [response], [ids[:-1]], policy, policy, "{prompt}\n{response}")
+    region = same.response_mask[0]
+    assert same.input_ids[0][region].tolist() == ids[:-1]
+    assert same.to_policy[0][region].tolist() == [0, 1, 2, 3]
+
+
 def test_left_truncation_keeps_cls_and_the_response():
     full, _ = _cross_batch("right")
     short, _ = _cross_batch("right", max_length=12)
