@@ -29,3 +29,11 @@ class ReportError(UserError):
 
 class JudgeError(UserError):
     """A judge cannot be used (endpoint unreachable, refused request)."""
+
+
+class Interrupted(UserError):
+    """The run stopped on request (Ctrl-C, SIGTERM) after writing a checkpoint."""
+
+
+class NonFinite(UserError):
+    """A NaN or infinity appeared in training; the message names the quantity and iteration."""

@@ -8,7 +8,10 @@ running | complete | failed, and why), metrics.jsonl (one line per iteration), c
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import platform
 import subprocess
 import sys
@@ -19,7 +22,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from red_cli.errors import UserError
+from red_cli.errors import Interrupted, UserError
+
+log = logging.getLogger("red")
 
 
 def freeze(cfg: DictConfig) -> DictConfig:
@@ -89,40 +94,105 @@ def environment_text() -> str:
     return "".join(f"{k}: {v}\n" for k, v in lines.items())
 
 
+# run.json is written at this size (padded with spaces) from the start, so that a status can
+# still be overwritten in place when the disk is full and no new block can be allocated.
+STATUS_BYTES = 4096
+STATUSES = ("running", "complete", "failed", "interrupted")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` so that a crash leaves the old or the new file, never half
+    of one: a temp file, fsync'd, renamed over it, the directory fsync'd."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_path(path.parent)
+
+
 def write_status(run_dir: Path, status: str, **extra) -> None:
+    """Record the run's status (and why) in run.json, even on a full disk."""
     payload = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-    tmp = run_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(run_dir / "run.json")
+    text = json.dumps(payload, indent=2) + "\n"
+    if len(text.encode()) > STATUS_BYTES:  # a long error message: keep its start
+        payload["error"] = str(payload.get("error", ""))[:STATUS_BYTES // 2] + " [...]"
+        text = json.dumps(payload, indent=2) + "\n"
+    data = text.encode().ljust(STATUS_BYTES)
+    path = run_dir / "run.json"
+    try:
+        write_atomic(path, data)
+    except OSError as err:
+        if err.errno != errno.ENOSPC or not path.exists():
+            raise
+        # No room for a new file: overwrite the pre-allocated one's blocks in place.
+        with open(path, "r+b") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_run_json(run_dir: Path) -> dict:
+    """run.json as a dict ({} when missing or unreadable)."""
+    try:
+        out = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 def read_status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "run.json").read_text())["status"]
-    except (OSError, ValueError, KeyError):
-        return None
+    return read_run_json(run_dir).get("status")
+
+
+def save_config(run_dir: Path, frozen: DictConfig) -> None:
+    """config.yaml, written atomically (a resume may change a few keys of it)."""
+    write_atomic(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(frozen).encode())
 
 
 def create(run_dir: Path, frozen: DictConfig, overrides: list[str]) -> None:
     """Write config.yaml, environment.txt and run.json (with the command-line overrides,
     which `red report` groups runs by)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(frozen, run_dir / "config.yaml")
+    save_config(run_dir, frozen)
     (run_dir / "environment.txt").write_text(environment_text())
     (run_dir / "overrides.json").write_text(json.dumps(list(overrides)) + "\n")
     write_status(run_dir, "running")
 
 
-def resumable_problem(run_dir: Path) -> str | None:
-    """Why ``run_dir`` cannot be resumed, or None if it can."""
+def last_checkpoint_iteration(run_dir: Path) -> int | None:
+    """The iteration the `latest` checkpoint was saved after, or None."""
+    try:
+        name = (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
+        return int(name.removeprefix("iter_"))
+    except (OSError, ValueError):
+        return None
+
+
+def resumable_problem(run_dir: Path, iterations: int | None = None) -> str | None:
+    """Why ``run_dir`` cannot be resumed (to ``iterations`` in all), or None if it can."""
     if not run_dir.is_dir():
         return "no such directory"
     if not (run_dir / "config.yaml").is_file():
         return "not a red run directory (no config.yaml)"
-    if read_status(run_dir) == "complete":
-        return "that run already finished"
-    if not (run_dir / "checkpoints" / "latest").exists():
-        return "no checkpoint to resume from (checkpoints/latest is missing)"
+    last = last_checkpoint_iteration(run_dir)
+    if read_status(run_dir) == "complete" and (iterations is None or last is None
+                                                 or iterations <= last + 1):
+        return ("that run already finished (start a new one, or raise ppo.iterations to go on: "
+                f"red train resume={run_dir} ppo.iterations=N)")
+    if last is None:
+        return ("no checkpoint to resume from (it stopped before its first checkpoint: start it "
+                "again)")
     return None
 
 
@@ -133,10 +203,27 @@ def read_overrides(run_dir: Path) -> list[str] | None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl (``run_dir / "metrics.jsonl"``), in logged order."""
+    """The rows of a metrics.jsonl (``run_dir / "metrics.jsonl"``), in logged order.
+
+    A last line cut short (a kill or a full disk while appending) is dropped with a warning;
+    a broken line elsewhere is an error naming it.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().decode("utf-8", "replace").split("\n")
+    rows = []
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if any(rest.strip() for rest in lines[k + 1:]):
+                raise UserError(f"{path}: line {k + 1} is not JSON; it was written by something "
+                                "other than red, or edited") from None
+            log.warning("%s: dropped an unfinished last line (the run was stopped while "
+                        "writing it)", path)
+    return rows
 
 
 def is_run_dir(path: Path) -> bool:
@@ -187,11 +274,16 @@ def final_policy(run_dir: Path, key: str = "run") -> Path:
 
 
 def run_guarded(run_dir: Path, work: Callable[[], object]) -> None:
-    """Run ``work`` and record in run.json whether it completed or failed (and why)."""
+    """Run ``work`` and record in run.json whether it completed, failed or was interrupted
+    (and why)."""
     write_status(run_dir, "running")
     try:
         work()
+    except (KeyboardInterrupt, Interrupted) as err:
+        write_status(run_dir, "interrupted", error=str(err) or "interrupted")
+        raise
     except BaseException as err:
-        write_status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
+        why = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        write_status(run_dir, "failed", error=why)
         raise
     write_status(run_dir, "complete")

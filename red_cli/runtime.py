@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 
 import torch
@@ -72,3 +73,143 @@ def gather_objects(obj, world_size: int) -> list:
 def barrier(world_size: int) -> None:
     if world_size > 1:
         torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------- threads
+
+def cpus_available() -> int:
+    """CPUs this process may run on (its affinity, and a cgroup CPU quota where one is set)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def busy_cpus_of_others(seconds: float = 0.3) -> float:
+    """How many CPUs other processes keep busy, measured over ``seconds`` (0 if unknown).
+
+    From /proc/stat's busy jiffies of the whole machine minus this process's own CPU time.
+    """
+    def sample():
+        fields = open("/proc/stat").readline().split()[1:]
+        values = [int(v) for v in fields]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return sum(values) - idle, sum(values), time.process_time()
+
+    try:
+        busy0, total0, own0 = sample()
+        time.sleep(seconds)
+        busy1, total1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    n_cpus = os.cpu_count() or 1
+    if total1 <= total0:
+        return 0.0
+    busy = (busy1 - busy0) / (total1 - total0) * n_cpus  # CPUs busy over the window
+    own = (own1 - own0) / seconds
+    return max(0.0, busy - own)
+
+
+def choose_threads(requested: int, local_ranks: int = 1) -> int:
+    """torch's intra-op threads for one process: ``requested`` if > 0 (or OMP_NUM_THREADS if
+    the user set it), else this process's share of the CPUs minus those other processes keep
+    busy right now.
+
+    Why not always every core: torch's OpenMP threads spin while they wait for each other, so
+    when another process holds one of two cores, two threads are slower than one, by 4-10x on
+    the toy task (docs/PERFORMANCE.md, scripts/bench_threads.py). The count stays fixed for
+    the run (and is kept on resume): results depend on it in the last bits.
+    """
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    share = max(1, cpus_available() // max(1, local_ranks))
+    if local_ranks > 1:
+        return share
+    return max(1, min(share, round(cpus_available() - busy_cpus_of_others())))
+
+
+# ---------------------------------------------------------------- stopping on request
+
+class StopRequest:
+    """Ctrl-C (or SIGTERM) while training: the first one asks the loop to finish its
+    iteration and checkpoint; a second one stops at once (KeyboardInterrupt).
+
+    ``stop_file``: a file whose existence asks the same (the launcher of several ranks
+    writes it, as they do not see the terminal's Ctrl-C).
+    """
+
+    def __init__(self, stop_file=None):
+        self.requested = False
+        self.stop_file = stop_file
+        self._previous = {}
+
+    def install(self) -> StopRequest:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt("stopped at once (second interrupt)")
+        self.requested = True
+        logging.getLogger("red").warning(
+            "red: stopping after this iteration (a checkpoint follows); interrupt again to "
+            "stop at once")
+
+    def __call__(self) -> bool:
+        return self.requested or bool(self.stop_file and os.path.exists(self.stop_file))
+
+
+# ---------------------------------------------------------------- logs
+
+def log_to_file(path) -> logging.Handler:
+    """Everything the process logs (warnings included) also goes to ``path``, appended."""
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    return handler
+
+
+def any_rank(flag: bool, world_size: int) -> bool:
+    """Whether ``flag`` is true on any rank (one small all-reduce; alone: the flag)."""
+    if world_size == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def die_with_parent() -> None:
+    """In a child process before it runs (``preexec_fn``): ask Linux to send it SIGTERM when
+    its parent dies, so ranks never outlive the `red` that started them (a no-op elsewhere)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -100,8 +100,9 @@ def _usage() -> str:
 
 
 def show_configs(verb: str, args: list[str]) -> None:
-    """`--cfg job|hydra|all` (with or without -m): print each job's composed config, then run
-    the start-up checks `red <verb>` would run, so a config it would refuse is not shown as fine."""
+    """`--cfg job|hydra|all` (with or without -m): print each job's composed config, then (for
+    job and all) run the start-up checks `red <verb>` would run, so a config it would refuse
+    is not shown as fine."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -117,7 +118,7 @@ def show_configs(verb: str, args: list[str]) -> None:
         fail(verb, f"{flag} takes job, hydra or all, got {which!r}")
     overrides = overrides_of(args)
     package = next((args[k + 1] for k, a in enumerate(args[:-1]) if a in ("-p", "--package")), None)
-    validate = {"train": lambda c: (checks.validate_train(c), checks.check_paths(c)),
+    validate = {"train": lambda c: (checks.validate_train(c), checks.check_environment(c)),
                 "eval": checks.validate_eval, "report": checks.validate_report,
                 "explain": checks.validate_explain}.get(verb)
     problems = []
@@ -134,7 +135,7 @@ def show_configs(verb: str, args: list[str]) -> None:
                     shown = OmegaConf.select(shown, package)
                 head = f"# job {num}: {' '.join(job)}\n" if len(jobs) > 1 or {"-m", "--multirun"} & set(args) else ""
                 sys.stdout.write(head + OmegaConf.to_yaml(shown, resolve="--resolve" in args) + "\n")
-                if validate is not None:
+                if validate is not None and which != "hydra":
                     if "output_dir" in cfg and OmegaConf.is_missing(cfg, "output_dir") is False:
                         cfg.output_dir = "unused"
                     try:

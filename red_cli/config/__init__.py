@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -24,20 +25,43 @@ def conf_dir() -> Path:
     return path
 
 
-def slug(override_dirname: str) -> str:
-    """`_a=1,b=x` for a run directory name: no path separators, bounded length."""
-    if not override_dirname:
-        return ""
-    text = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", override_dirname)
-    return "_" + text[:80]
+# Override keys left out of run names: they do not change the experiment.
+NAME_EXCLUDED = ("resume", "logger", "launcher.master_port", "hydra", "threads",
+                 "checkpoint_every", "sample_every", "redistribution", "seed")
+NAME_MAX = 60
+
+
+def run_name(mode: str, seed, overrides) -> str:
+    """A run's short readable name, mode and seed first: ``td_s1_kl_coef=0.1,beta=0.5``.
+
+    The other overrides follow sorted, each key cut to its last part where that stays
+    unambiguous among them; a name longer than NAME_MAX keeps its start and gets a hash of
+    the whole, so it stays unique. Only filename-safe characters.
+    """
+    pairs = []
+    for item in overrides or []:
+        key, eq, value = str(item).lstrip("+~").partition("=")
+        if eq and not any(key == k or key.startswith(k + ".") for k in NAME_EXCLUDED):
+            pairs.append((key, value))
+    pairs.sort()
+    lasts = [k.rsplit(".", 1)[-1] for k, _ in pairs]
+    rest = ",".join(f"{last if lasts.count(last) == 1 else key}={value}"
+                    for (key, value), last in zip(pairs, lasts))
+    name = "_".join(part for part in (str(mode or ""), f"s{seed}" if seed != "" else "", rest)
+                    if part)
+    name = re.sub(r"[^A-Za-z0-9_.,=+-]", "-", name)
+    if len(name) > NAME_MAX:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:7]
+        name = f"{name[:NAME_MAX - 8]}-{digest}"
+    return name
 
 
 def register_resolvers() -> None:
-    """The `${red_slug:...}` resolver the run-directory names use (conf/hydra_red.yaml)."""
+    """The `${red_name:...}` resolver the run-directory names use (conf/hydra_red.yaml)."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("red_slug"):
-        OmegaConf.register_new_resolver("red_slug", slug)
+    if not OmegaConf.has_resolver("red_name"):
+        OmegaConf.register_new_resolver("red_name", run_name)
 
 
 def register_configs() -> None:

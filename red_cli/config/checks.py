@@ -71,10 +71,39 @@ def check_paths(cfg: Any) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(missing))
 
 
+def wandb_login_problem() -> str | None:
+    """Why `logger=online` would fail for want of a login, or None: wandb reads its key from
+    WANDB_API_KEY or the api.wandb.ai entry `wandb login` writes to ~/.netrc."""
+    import netrc
+    import os
+
+    if os.environ.get("WANDB_API_KEY"):
+        return None
+    try:
+        hosts = netrc.netrc(os.environ.get("NETRC")).hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        hosts = {}
+    if any("wandb" in host for host in hosts):
+        return None
+    return ("logger.wandb_mode='online': no wandb login (WANDB_API_KEY is unset and ~/.netrc "
+            "has no api.wandb.ai entry); run `wandb login`, or use logger=offline (sync later "
+            "with `wandb sync`) or logger=disabled")
+
+
+def check_environment(cfg: Any) -> None:
+    """What a config needs from this machine (paths that must exist, a wandb login): checked
+    before a run directory is made."""
+    check_paths(cfg)
+    problem = wandb_login_problem() if cfg.logger.wandb_mode == "online" else None
+    if problem:
+        raise ConfigError(problem)
+
+
 def validate_train(cfg: Any, world_size: int | None = None) -> None:
     """Raise :class:`ConfigError` listing every invalid value of a composed train config."""
     c = Collector()
-    world = world_size or cfg.launcher.nproc_per_node * cfg.launcher.nnodes
+    # At least 1: a zero or negative count is reported below, not divided by.
+    world = max(1, world_size or cfg.launcher.nproc_per_node * cfg.launcher.nnodes)
 
     modes = mode_registry()
     mode = cfg.redistribution.mode
@@ -154,6 +183,7 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
               cfg.deepspeed.zero_stage, "must be one of 0, 1, 2, 3")
     c.choice("deepspeed.precision", cfg.deepspeed.precision, PRECISIONS)
     c.choice("logger.wandb_mode", cfg.logger.wandb_mode, WANDB_MODES)
+    c.require(cfg.threads >= 0, "threads", cfg.threads, "must be >= 0 (0: chosen at start-up)")
     c.require(cfg.launcher.nproc_per_node >= 1, "launcher.nproc_per_node",
               cfg.launcher.nproc_per_node, "must be >= 1")
     c.require(cfg.launcher.nnodes >= 1, "launcher.nnodes", cfg.launcher.nnodes, "must be >= 1")

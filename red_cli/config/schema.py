@@ -180,6 +180,10 @@ class LoggerConfig:
     project: str = "red"
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    # The wandb run's name (null: the run directory's name, mode and seed first) and group
+    # (null: the sweep it belongs to, else the experiment).
+    name: str | None = None
+    group: str | None = None
     progress_bar: bool = True
 
 
@@ -210,6 +214,9 @@ class TrainConfig:
     experiment: str | None = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # torch threads per process; 0: the cores this process may use that no other process
+    # keeps busy at start-up (fixed for the whole run and kept on resume).
+    threads: int = 0
     # A run directory to continue from its last checkpoint.
     resume: str | None = None
     checkpoint_every: int = 10

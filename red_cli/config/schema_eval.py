@@ -130,6 +130,8 @@ class ReportConfig:
     # Metric whose curve and threshold crossing are reported, and the gold metric.
     score_metric: str = "objective/score"
     gold_metric: str = "objective/gold"
+    # KL to the reference policy: curves.png's KL panel and frontier.png's x axis.
+    kl_metric: str = "objective/kl"
     # "final" is the mean of the last `final_window` logged iterations.
     final_window: int = 1
     # Moving-average window for curves and the threshold crossing.
@@ -152,6 +154,9 @@ class ReportConfig:
     )
     # null: the multirun directory (the common parent for several inputs).
     output_dir: str | None = None
+    # false: a folder that already holds a report (table.md) keeps it; the new one goes to
+    # its subfolder report_2 (report_3, ...). true: write over it.
+    overwrite: bool = False
 
 
 @dataclass

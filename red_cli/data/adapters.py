@@ -4,7 +4,11 @@ One function per format (``dataset.adapter``), each reading a loaded ``datasets.
 with that hub dataset's own column names, so a local file in the same format (.jsonl,
 .parquet, ...) works exactly like the hub copy:
 
-- ``column``: the ``dataset.prompt_column`` column as it is (any dataset; no reference).
+- ``column``: the ``dataset.prompt_column`` column as it is (any dataset; no reference). It
+  must hold text: a column of numbers (or lists, objects, mixed values) is refused with a
+  DatasetError naming the first such row and the dataset's text columns, rather than turned
+  into prompts such as "0" / "1" (almost always the wrong column, e.g. ``label``). Nulls are
+  skipped.
 - ``imdb`` (stanfordnlp/imdb: ``text``, ``label``): the first k whitespace words of a review,
   ``<br />`` removed, k drawn per row uniformly in ``prefix_words`` = [2, 8] from
   ``dataset.seed`` (the ABC IMDb setup; TRL's notebook it follows cuts 2..7 GPT-2 tokens
@@ -163,6 +167,26 @@ ADAPTERS: dict[str, tuple[Callable, tuple[str, ...]]] = {
 }
 
 
+_TEXT_DTYPES = ("string", "large_string")
+
+
+def _not_text(ds, col: str) -> str | None:
+    """What is wrong with a prompt column that does not hold text (None when it does)."""
+    feature = ds.features.get(col) if hasattr(ds, "features") else None
+    dtype = getattr(feature, "dtype", None)
+    if dtype in _TEXT_DTYPES + ("null",):
+        return None
+    bad = next(((i, v) for i, v in enumerate(ds[col]) if v is not None and not isinstance(v, str)),
+               None)
+    if bad is None:
+        return None
+    text = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in _TEXT_DTYPES]
+    kind = f"{dtype} values" if isinstance(dtype, str) else "non-text values"
+    where = f"text columns: {', '.join(text)}" if text else "it has no text column"
+    return (f"holds {kind} (row {bad[0] + 1}: {bad[1]!r:.40}); prompts must be text, so point "
+            f"dataset.prompt_column at a text column ({where})")
+
+
 def adapt(ds, name: str, options: dict | None = None, source: str = "") -> list[Example]:
     """Rows of ``ds`` -> filtered, de-duplicated, templated examples (see the module doc)."""
     if name not in ADAPTERS:
@@ -175,6 +199,10 @@ def adapt(ds, name: str, options: dict | None = None, source: str = "") -> list[
     if name == "column" and opt.prompt_column not in ds.column_names:
         raise DatasetError(f"dataset.prompt_column={opt.prompt_column!r} is not a column of "
                            f"{source!r}; columns are: {', '.join(ds.column_names)}")
+    if name == "column":
+        problem = _not_text(ds, opt.prompt_column)
+        if problem:
+            raise DatasetError(f"dataset.prompt_column={opt.prompt_column!r} of {source!r} {problem}")
     missing = [c for c in needed if c not in ds.column_names]
     if missing:
         raise DatasetError(f"dataset.adapter={name!r} needs the column(s) {', '.join(missing)}, "

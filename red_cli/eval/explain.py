@@ -16,7 +16,16 @@ Mode knobs are the run's own (``redistribution.<mode>``), else the modes' defaul
 ``credit.html`` (self-contained: inline CSS, no scripts, a hover title per token with its
 value), ``credit.png`` (the same page drawn by matplotlib) and ``credit.json`` (the numbers).
 Colours: a diverging map, red negative, blue positive, white zero, scaled per sample by the
-largest |reward| over its modes, so the columns of one sample compare directly.
+largest |reward| over its modes ("scale ±s"), so the columns of one sample compare directly.
+The ink of each token is dark or white, whichever contrasts more with its cell by WCAG 2
+relative luminance (dark on light cells, white on saturated ones). Both pages open with a
+legend: r_C, R(x), Σ, the scale, and the token marks.
+
+Tokens are labelled readably (:func:`token_label`): a token holding only some bytes of a
+character (byte-level BPE splits emoji and accented letters) shows its bytes, "⟨0xF0 0x9F⟩",
+and the token that completes the character shows the character; a token without text shows
+"·"; newlines "⏎", tabs "⇥", a whitespace-only token "␣" per space, other invisible
+characters "⟨U+200B⟩".
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import dataclasses
 import html
 import json
 import logging
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,24 +70,95 @@ def mode_knobs(mode: str, run_cfg: DictConfig | None):
     return OmegaConf.structured(get_mode(mode).knobs)
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level BPE alphabet: byte -> the printable character that stands for it."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _is_byte_level(tokenizer) -> bool:
+    if getattr(tokenizer, "byte_decoder", None):  # a slow GPT-2-style tokenizer
+        return True
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and "ByteLevel" in str(backend.decoder)
+
+
+def token_bytes(tokenizer, tid: int) -> bytes | None:
+    """The raw bytes a token stands for, where the vocabulary says: SentencePiece byte
+    fallback pieces (``<0xF0>``) and byte-level BPE pieces; else None."""
+    piece = tokenizer.convert_ids_to_tokens(tid)
+    if not isinstance(piece, str):
+        return None
+    if m := _BYTE_TOKEN.fullmatch(piece):
+        return bytes([int(m.group(1), 16)])
+    if _is_byte_level(tokenizer) and piece and all(c in BYTE_DECODER for c in piece):
+        return bytes(BYTE_DECODER[c] for c in piece)
+    return None
+
+
+def byte_placeholder(raw: bytes) -> str:
+    """Bytes that are not a whole character, readably: b"\\xf0\\x9f" -> "⟨0xF0 0x9F⟩"."""
+    return "⟨" + " ".join(f"0x{b:02X}" for b in raw) + "⟩"
+
+
+def bytes_label(raw: bytes) -> str:
+    """Bytes as text: whole UTF-8 characters as themselves, each run of bytes that is not
+    one as a placeholder: b"ok\\xe2." -> "ok⟨0xE2⟩."."""
+    text = raw.decode("utf-8", errors="surrogateescape")
+    return re.sub("[\udc80-\udcff]+",
+                  lambda m: byte_placeholder(bytes(ord(c) - 0xDC00 for c in m.group())), text)
+
+
+def piece_text(whole: str, raw: bytes | None, decoded: str) -> str:
+    """A token that ends inside a character: the whole characters it holds (``whole``), then
+    its remaining bytes as a placeholder; without its bytes, the decoded text with each
+    U+FFFD as "⟨?⟩"."""
+    if raw is not None:
+        head = whole.encode()
+        rest = raw[len(head):] if raw.startswith(head) else raw
+        return (whole if raw.startswith(head) else "") + (byte_placeholder(rest) if rest else "")
+    return decoded.replace("\ufffd", "⟨?⟩")
+
+
 def token_texts(response: str, ids: list[int], tokenizer) -> list[str]:
     """The text of each response token (character spans from ``align``); specials by name.
 
-    A token without characters of its own (a special token, or a byte piece of a character
-    another token completes) shows as its decoded piece, specials in brackets.
+    A token that ends inside a character (byte-level BPE splits "😀" into F0 9F | 98 80) shares
+    that character's span with the next token: it shows the whole characters it holds and its
+    other bytes as "⟨0xF0 0x9F⟩", and the token that completes the character shows it. A
+    token without characters of its own shows its bytes the same way (its decoded piece when
+    the vocabulary does not tell its bytes), and so do bytes that are no character at all
+    (U+FFFD in the decoded response); specials show in brackets.
     """
     from red_cli.reward.align import policy_token_spans
 
     spans = policy_token_spans(response, ids, tokenizer)
     special = set(tokenizer.all_special_ids)
     out = []
-    for tid, (s, e) in zip(ids, spans):
-        if e > s:
-            out.append(response[s:e])
+    for k, (tid, (s, e)) in enumerate(zip(ids, spans)):
+        nxt = spans[k + 1][0] if k + 1 < len(spans) and ids[k + 1] not in special else None
+        if e > s and (nxt is None or nxt >= e):
+            text = response[s:e]
+            if "\ufffd" in text and (raw := token_bytes(tokenizer, tid)) is not None:
+                text = bytes_label(raw)  # the response holds bytes that are no character
+            out.append(text)
         elif tid in special:
             out.append(f"[{tokenizer.convert_ids_to_tokens(tid)}]")
         else:
-            out.append(tokenizer.decode([tid]))
+            whole = response[s:nxt] if e > s and nxt is not None and nxt > s else ""
+            out.append(piece_text(whole, token_bytes(tokenizer, tid), tokenizer.decode([tid])))
     return out
 
 
@@ -158,12 +240,66 @@ def _hex(rgb: tuple[float, float, float]) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
 
 
+DARK_INK, LIGHT_INK = "#111111", "#ffffff"
+
+
+def relative_luminance(rgb: tuple[float, float, float]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour (components in 0..1)."""
+    def lin(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(c) for c in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def _hex_rgb(color: str) -> tuple[float, float, float]:
+    return tuple(int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def ink_for(background: tuple[float, float, float]) -> str:
+    """Dark or white ink, whichever has the higher WCAG contrast ratio with ``background``
+    (dark on cells lighter than relative luminance ~0.19, white on darker ones)."""
+    dark = contrast_ratio(background, _hex_rgb(DARK_INK))
+    light = contrast_ratio(background, _hex_rgb(LIGHT_INK))
+    return DARK_INK if dark >= light else LIGHT_INK
+
+
 def _ink(value: float, scale: float) -> str:
-    return "#ffffff" if abs(value) / scale > 0.6 else "#111111"
+    return ink_for(_rgb(value, scale))
 
 
-def _display(token: str) -> str:
-    return token.replace("\n", "⏎").replace("\t", " ")
+_WHITESPACE_MARKS = {" ": "␣", "\n": "⏎", "\t": "⇥"}
+
+
+def _visible(ch: str) -> str:
+    if ch == "\n":
+        return "⏎"
+    if ch == "\t":
+        return "⇥"
+    if ch == "\ufffd":
+        return "⟨?⟩"
+    if ch != " " and (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")):
+        return f"⟨U+{ord(ch):04X}⟩"
+    return ch
+
+
+def token_label(token: str) -> str:
+    """How a token's text is drawn: "·" for no text; a whitespace-only token as "␣" per space
+    (and "⏎" / "⇥"); elsewhere newlines "⏎", tabs "⇥", U+FFFD "⟨?⟩", other invisible
+    characters "⟨U+XXXX⟩", and a leading run of two or more spaces as "␣"s (one leading space
+    reads as the gap between words and stays a space)."""
+    if token == "":
+        return "·"
+    if token.isspace():
+        return "".join(_WHITESPACE_MARKS.get(c) or _visible(c) for c in token)
+    lead = len(token) - len(token.lstrip(" "))
+    head = "␣" * lead if lead >= 2 else " " * lead
+    return head + "".join(_visible(c) for c in token[lead:])
 
 
 # --------------------------------------------------------------------------- html
@@ -185,7 +321,28 @@ h3 small { color: #555; font-weight: 400; }
         line-height: 1.9; white-space: pre-wrap; word-break: break-word; margin: 0; }
 .prompt { color: #777; }
 .tok { border-radius: 2px; }
+.key { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; font-size: 13px;
+       color: #333; background: #f6f6f6; border: 1px solid #ddd; border-radius: 4px;
+       padding: 8px 12px; margin: 10px 0 14px; max-width: 1100px; }
+.key dt { font-weight: 600; font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
+.key dd { margin: 0; }
 """
+
+# The legend both pages open with: (term, what it means).
+LEGEND = (
+    ("r_C", "the reward model's score of the whole sequence (prompt + response), the "
+            "reward every mode spreads over the response tokens"),
+    ("R(x)", "the reward model's score of the prompt alone: td's baseline for the first "
+             "response token under first_token=prompt_baseline, so td's Σ = r_C − R(x)"),
+    ("gold", "the gold judge's score of the response (toy prompts only; never seen in "
+             "training)"),
+    ("Σ", "the sum of a mode's per-token rewards"),
+    ("scale ±s", "the colour scale: the largest |reward| of this sample over all modes; "
+                 "red −s, white 0, blue +s, so a sample's columns compare directly"),
+    ("tokens", "grey = the prompt; ⟨0xF0 0x9F⟩ = bytes of a character split across tokens "
+               "(the token that completes it shows the character); · = a token with no "
+               "text; ␣ = a space-only token; ⏎ newline; ⇥ tab"),
+)
 
 
 def render_html(samples: list[Sample], setup: dict, modes: list[str]) -> str:
@@ -199,9 +356,11 @@ def render_html(samples: list[Sample], setup: dict, modes: list[str]) -> str:
         f'<p class="meta">policy: {e(setup["policy"])} · reward model: '
         f'{e(str(setup["reward_model"]))} · prompts: {e(str(setup["prompts"]))} · '
         f'seed {setup["seed"]}</p>',
-        '<p class="meta">colour: reward of each response token, −max <span class="legend">'
-        "</span> +max, where max = the largest |reward| of that sample over all modes; "
-        "grey text is the prompt; hover a token for its value.</p>",
+        '<p class="meta">colour: reward of each response token, −s <span class="legend">'
+        "</span> +s (s: the sample's scale); hover a token for its exact value.</p>",
+        '<dl class="key">',
+        *(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>" for term, text in LEGEND),
+        "</dl>",
     ]
     for n, s in enumerate(samples, 1):
         head = f"r_C = {s.score:+.3f}"
@@ -215,7 +374,7 @@ def render_html(samples: list[Sample], setup: dict, modes: list[str]) -> str:
             rewards = s.rewards[mode]
             spans = "".join(
                 f'<span class="tok" style="background:{_hex(_rgb(r, s.scale))};'
-                f'color:{_ink(r, s.scale)}" title="{e(repr(tok))}: {r:+.4f}">{e(_display(tok))}</span>'
+                f'color:{_ink(r, s.scale)}" title="{e(repr(tok))}: {r:+.4f}">{e(token_label(tok))}</span>'
                 for tok, r in zip(s.tokens, rewards))
             parts += ['<div class="col">',
                       f"<h3>{e(mode)} <small>Σ = {sum(rewards):+.3f}</small></h3>",
@@ -227,6 +386,17 @@ def render_html(samples: list[Sample], setup: dict, modes: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- png
+
+
+def _font_chars(family: str) -> set[int]:
+    from matplotlib import font_manager, ft2font
+
+    return set(ft2font.FT2Font(font_manager.findfont(family)).get_charmap())
+
+
+def png_label(token: str, chars: set[int]) -> str:
+    """:func:`token_label`, with characters the PNG's font lacks (emoji) as "⟨U+1F600⟩"."""
+    return "".join(c if ord(c) in chars else f"⟨U+{ord(c):04X}⟩" for c in token_label(token))
 
 
 def render_png(samples: list[Sample], setup: dict, modes: list[str], path: Path) -> None:
@@ -244,24 +414,26 @@ def render_png(samples: list[Sample], setup: dict, modes: list[str], path: Path)
     col_w = (width - 2 * margin - gap * (len(modes) - 1)) / len(modes)
     per_line = max(8, int(col_w / char_w))
 
-    def flow(pieces: list[str]) -> list[tuple[int, int, str]]:
-        """(line, column, text) of each piece, wrapping at ``per_line`` characters."""
+    mono = _font_chars("DejaVu Sans Mono")
+
+    def flow(prompt: str, tokens: list[str]) -> list[tuple[int, int, str, bool]]:
+        """(line, column, text, is_token) of the prompt's words and each token's label,
+        wrapping at ``per_line`` characters."""
+        words = re.findall(r"\S+\s*|\s+", prompt.replace("\n", "⏎ "))
+        pieces = [(w, False) for w in words] + [(png_label(t, mono), True) for t in tokens]
         out, line, col = [], 0, 0
-        for text in pieces:
-            text = _display(text)
+        for text, is_token in pieces:
             if col + len(text) > per_line and col > 0:
                 line, col = line + 1, 0
                 text = text.lstrip(" ") or text
-            out.append((line, col, text))
+            out.append((line, col, text, is_token))
             col += len(text)
         return out
 
-    layouts = []
-    for s in samples:
-        cols = [flow([s.prompt, *s.tokens]) for _ in modes]
-        layouts.append(max(c[-1][0] for c in cols) + 1)
-    header_h, legend_h = 0.75, 0.75
-    height = header_h + legend_h + sum((n + 2.6) * line_h for n in layouts) + margin
+    layouts = [flow(s.prompt, s.tokens) for s in samples]
+    header_h, legend_h = 0.75, 0.25 + 0.19 * (len(LEGEND) + 1)
+    height = (header_h + legend_h + 0.15 + margin
+              + sum((lay[-1][0] + 1 + 2.6) * line_h for lay in layouts))
     fig = plt.figure(figsize=(width, height))
 
     def fx(x: float) -> float:
@@ -275,14 +447,31 @@ def render_png(samples: list[Sample], setup: dict, modes: list[str], path: Path)
     policy = setup["policy"] if len(setup["policy"]) <= 110 else "…" + setup["policy"][-109:]
     fig.text(fx(margin), fy(0.58), f"policy: {policy}   reward model: {setup['reward_model']}",
              fontsize=8.5, color="#444", va="center")
-    fig.text(fx(margin), fy(0.86), "colour: reward / max |reward| of the sample (red < 0 < blue); "
-             "grey: prompt", fontsize=8.5, color="#444", va="center")
-    cax = fig.add_axes((fx(margin + 6.2), fy(0.92), fx(3.0), 0.12 / height))
-    fig.colorbar(plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-1, 1), cmap=CMAP),
-                 cax=cax, orientation="horizontal").ax.tick_params(labelsize=7)
+    # The legend box: the colour scale, then one row per LEGEND term.
+    fig.patches.append(Rectangle((fx(margin - 0.08), fy(header_h + legend_h - 0.05)),
+                                 fx(width - 2 * margin + 0.16), (legend_h - 0.1) / height,
+                                 transform=fig.transFigure, facecolor="#f6f6f6",
+                                 edgecolor="#dddddd", zorder=-1))
+    row = 0.19
+    y0 = header_h + 0.05 + row / 2
+    fig.text(fx(margin), fy(y0), "colour", fontsize=8.5, weight="bold", va="center",
+             family="DejaVu Sans Mono")
+    fig.text(fx(margin + 0.95), fy(y0), "reward of each response token, from −s to +s:",
+             fontsize=8.5, color="#333", va="center")
+    cax = fig.add_axes((fx(margin + 3.75), fy(y0 + 0.05), fx(3.0), 0.1 / height))
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-1, 1), cmap=CMAP),
+                       cax=cax, orientation="horizontal", ticks=[-1, 0, 1])
+    bar.ax.set_xticklabels(["−s", "0", "+s"])
+    bar.ax.tick_params(labelsize=7, length=2, pad=1)
+    for k, (term, text) in enumerate(LEGEND, 1):
+        yk = y0 + k * row + 0.08
+        fig.text(fx(margin), fy(yk), term, fontsize=8.5, weight="bold", va="center",
+                 family="DejaVu Sans Mono")
+        fig.text(fx(margin + 0.95), fy(yk), text, fontsize=8.5, color="#333", va="center")
 
-    y = header_h + legend_h
-    for n, (s, n_lines) in enumerate(zip(samples, layouts), 1):
+    y = header_h + legend_h + 0.15
+    for n, (s, placed) in enumerate(zip(samples, layouts), 1):
+        n_lines = placed[-1][0] + 1
         head = f"#{n}   r_C = {s.score:+.3f}"
         if s.gold is not None:
             head += f"   gold = {s.gold:+.3f}"
@@ -295,12 +484,12 @@ def render_png(samples: list[Sample], setup: dict, modes: list[str], path: Path)
             x0 = margin + c * (col_w + gap)
             fig.text(fx(x0), fy(y), f"{mode}   Σ = {sum(s.rewards[mode]):+.3f}", fontsize=9,
                      color="#333", va="center", style="italic")
-            placed = flow([s.prompt, *s.tokens])
-            values = [None, *s.rewards[mode]]
-            for (line, col, text), value in zip(placed, values):
+            values = iter(s.rewards[mode])
+            for line, col, text, is_token in placed:
                 xl, yl = x0 + col * char_w, y + (line + 1) * line_h
                 ink = "#888888"
-                if value is not None:
+                if is_token:
+                    value = next(values)
                     fig.patches.append(Rectangle(
                         (fx(xl), fy(yl + line_h * 0.45)), fx(len(text) * char_w),
                         line_h * 0.9 / height, transform=fig.transFigure,

@@ -13,7 +13,26 @@ SE = sample std / sqrt(seeds)):
 - win rate vs SFT, from ``<run>/eval/<win_rate_judge>_vs_sft/eval.json`` where `red eval`
   wrote one.
 
-Writes table.md, table.csv and curves.png (each group's mean curve with a seed band).
+Writes table.md, table.csv, curves.png (each group's mean curve with a seed band: RM score,
+gold, and the KL to the reference policy, ``kl_metric``) and frontier.png.
+
+frontier.png is the reward-vs-KL view of RLHF papers (Gao et al. 2023, "Scaling laws for
+reward model overoptimization"; Rafailov et al. 2023): x = KL to the reference policy, y = the
+RM score and, where logged, the gold score. Each group is ONE line through its training
+trajectory, the seed mean of the ``smooth``-iteration moving averages of (KL, score) at every
+iteration all its seeds logged (an open circle marks the start, the line runs in training
+order), because a trajectory shows both how much reward a mode buys per nat of KL and where
+it ends; each run's final point (``final_window``) is a small hollow marker and the group's
+mean final point a large filled one, so the seed spread stays visible. Higher and further
+left is better.
+
+Bands of different groups overlap, so each group has its own colour, line style and hatch,
+the band is filled at low alpha with thin edge lines at its borders, and the legend (under
+the panels) shows each group's band and line together.
+
+An earlier report is never overwritten unless ``overwrite=true``: when the output folder
+already holds a table.md, the report goes to the numbered subfolder ``report_2`` (then
+``report_3``, ...) inside it, and the folder used is printed.
 """
 
 from __future__ import annotations
@@ -293,40 +312,221 @@ def group_curve(runs: Sequence[Run], key: str, smooth: int, band: str):
     return np.asarray(common), mean, low, high
 
 
-def plot_groups(groups: Sequence[Group], path: Path, cfg: Any) -> None:
+LINESTYLES = ("-", "--", "-.", ":")
+HATCHES = ("//", "\\\\", "..", "xx", "||", "--", "++", "oo")
+
+
+@dataclass(frozen=True)
+class GroupStyle:
+    color: tuple
+    linestyle: str
+    hatch: str
+
+
+def group_style(n: int) -> GroupStyle:
+    """Colour, line style and hatch of the n-th group: all three differ between neighbours."""
+    import matplotlib
+
+    return GroupStyle(matplotlib.colormaps["tab10"](n % 10), LINESTYLES[n % len(LINESTYLES)],
+                      HATCHES[n % len(HATCHES)])
+
+
+def _has_metric(groups: Sequence[Group], key: str) -> bool:
+    return any(series(r.metrics, key)[0].size for g in groups for r in g.runs)
+
+
+def curve_panels(groups: Sequence[Group], cfg: Any) -> list[tuple[str, str]]:
+    """(metric, title) of each curves.png panel: RM score, gold, KL, those that were logged."""
+    panels = [(cfg.score_metric, "RM score"), (cfg.gold_metric, "gold score"),
+              (cfg.kl_metric, "KL to the reference (sum over tokens)")]
+    return [(k, t) for k, t in panels if _has_metric(groups, k)]
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(cfg.score_metric, "RM score"), (cfg.gold_metric, "gold score")]
-    panels = [(k, t) for k, t in panels if any(series(r.metrics, k)[0].size
-                                               for g in groups for r in g.runs)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
-    colors = plt.get_cmap("tab10")
+    return plt
+
+
+def _legend_below(fig, handles: list, labels: list[str], width_in: float) -> float:
+    """A legend under the panels; returns the figure fraction it takes."""
+    from matplotlib.legend_handler import HandlerTuple
+
+    longest = max((len(lab) for lab in labels), default=10)
+    ncol = max(1, min(len(labels), int(width_in * 72 / (6.0 * longest + 60))))
+    rows = math.ceil(len(labels) / ncol)
+    height = (0.28 * rows + 0.15) / fig.get_figheight()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=9, frameon=False,
+               handler_map={tuple: HandlerTuple(ndivide=None)}, handlelength=3.5)
+    return height
+
+
+def _save(fig, path: Path, title: str, panels: Sequence[str]) -> None:
+    # The panel titles go into the PNG's text chunk ("Description"), for tests and tools.
+    fig.savefig(path, dpi=120, metadata={"Title": title, "Description": "panels: "
+                                         + " | ".join(panels)})
+
+
+def plot_groups(groups: Sequence[Group], path: Path, cfg: Any) -> list[str]:
+    """curves.png: per group, the mean curve over seeds and a seed band; returns panel titles."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    panels = curve_panels(groups, cfg)
+    width = 5.2 * max(len(panels), 1)
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(width, 4.6), squeeze=False)
+    threshold_key = cfg.score_metric if cfg.threshold_metric == "score" else cfg.gold_metric
+    handles, labels = [], []
+    for n, g in enumerate(groups):
+        st = group_style(n)
+        line = Line2D([], [], color=st.color, ls=st.linestyle, lw=2.0)
+        if cfg.band != "none" and len(g.runs) > 1:
+            band = Patch(facecolor=(*st.color[:3], 0.15), edgecolor=st.color, hatch=st.hatch,
+                         lw=0.8)
+            handles.append((band, line))
+        else:
+            handles.append(line)
+        labels.append(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) != 1 else ''})")
     for ax, (key, title) in zip(axes[0], panels):
         for n, g in enumerate(groups):
             curve = group_curve(g.runs, key, cfg.smooth, cfg.band)
             if curve is None:
                 continue
             it, mean, low, high = curve
-            color = colors(n % 10)
-            ax.plot(it, mean, color=color, lw=1.8, label=f"{g.label} ({len(g.runs)} seeds)")
+            st = group_style(n)
             if low is not None:
-                ax.fill_between(it, low, high, color=color, alpha=0.2, lw=0)
-        if cfg.threshold is not None and key == cfg.score_metric:
-            ax.axhline(cfg.threshold, color="grey", ls="--", lw=1, label=f"threshold {cfg.threshold:g}")
-        ax.set_title(title + (f" ({cfg.smooth}-iteration moving average)" if cfg.smooth > 1 else ""))
+                ax.fill_between(it, low, high, facecolor=st.color, alpha=0.10, lw=0, zorder=1)
+                ax.fill_between(it, low, high, facecolor="none", edgecolor=(*st.color[:3], 0.45),
+                                hatch=st.hatch, lw=0, zorder=1)
+                for edge in (low, high):
+                    ax.plot(it, edge, color=st.color, ls=st.linestyle, lw=0.7, alpha=0.7,
+                            zorder=2)
+            ax.plot(it, mean, color=st.color, ls=st.linestyle, lw=2.0, zorder=3)
+        if cfg.threshold is not None and key == threshold_key:
+            ax.axhline(cfg.threshold, color="grey", ls=(0, (1, 3)), lw=1.2)
+            ax.annotate(f"threshold {cfg.threshold:g}", (0.01, cfg.threshold), fontsize=8,
+                        color="grey", xycoords=("axes fraction", "data"), va="bottom")
+        ax.set_title(title, fontsize=11)
         ax.set_xlabel("iteration")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="best")
-    band = {"se2": "shaded: mean ± 2 SE across seeds", "minmax": "shaded: min-max across seeds",
+    band = {"se2": "band: mean ± 2 SE across seeds", "minmax": "band: min-max across seeds",
             "none": ""}[cfg.band]
-    fig.suptitle("mean over seeds per group" + (f"; {band}" if band else ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    smooth = f"{cfg.smooth}-iteration moving average; " if cfg.smooth > 1 else ""
+    title = f"mean over seeds per group ({smooth}{band or 'no band'})"
+    fig.suptitle(title, fontsize=11)
+    bottom = _legend_below(fig, handles, labels, width)
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
+    _save(fig, path, title, [t for _, t in panels])
     plt.close(fig)
+    return [t for _, t in panels]
+
+
+# --------------------------------------------------------------------------- frontier
+
+
+@dataclass
+class FrontierLine:
+    """One group on the reward-vs-KL plot, for one y metric."""
+
+    label: str
+    seeds: int
+    kl: np.ndarray                 # the seed mean of each run's smoothed KL, in training order
+    value: np.ndarray              # the same for the y metric, at the same iterations
+    final_kl: list[float]          # per run: the mean KL of its last final_window iterations
+    final_value: list[float]       # per run: the same for the y metric
+
+    @property
+    def mean_final(self) -> tuple[float, float]:
+        return float(np.mean(self.final_kl)), float(np.mean(self.final_value))
+
+
+def frontier_line(group: Group, y_key: str, cfg: Any) -> FrontierLine | None:
+    """A group's (KL, y) trajectory: the iterations where every seed logged both metrics,
+    each metric smoothed per run (``smooth``) then averaged over seeds; and each run's final
+    (KL, y). None when the group logged no KL or no y."""
+    kl = group_curve(group.runs, cfg.kl_metric, cfg.smooth, "none")
+    val = group_curve(group.runs, y_key, cfg.smooth, "none")
+    if kl is None or val is None:
+        return None
+    _, ik, iv = np.intersect1d(kl[0], val[0], return_indices=True)
+    finals = []
+    for r in group.runs:
+        fk = final_value(series(r.metrics, cfg.kl_metric)[1], cfg.final_window)
+        fv = final_value(series(r.metrics, y_key)[1], cfg.final_window)
+        if not (math.isnan(fk) or math.isnan(fv)):
+            finals.append((fk, fv))
+    if not ik.size or not finals:
+        return None
+    return FrontierLine(group.label, len(group.runs), kl[1][ik], val[1][iv],
+                        [f[0] for f in finals], [f[1] for f in finals])
+
+
+def frontier_data(groups: Sequence[Group], cfg: Any) -> dict[str, list[tuple[int, FrontierLine]]]:
+    """Per y panel title ("RM score", "gold score" where logged): (group index, line)."""
+    out: dict[str, list[tuple[int, FrontierLine]]] = {}
+    for key, title in ((cfg.score_metric, "RM score"), (cfg.gold_metric, "gold score")):
+        lines = [(n, line) for n, g in enumerate(groups)
+                 if (line := frontier_line(g, key, cfg)) is not None]
+        if lines:
+            out[title] = lines
+    return out
+
+
+def plot_frontier(groups: Sequence[Group], path: Path, cfg: Any) -> list[str]:
+    """frontier.png: y against KL to the reference, one trajectory per group (see the module
+    docstring). Returns the panel titles; an empty list (and no file) without a KL metric."""
+    from matplotlib.lines import Line2D
+
+    data = frontier_data(groups, cfg)
+    if not data:
+        log.warning("frontier.png: no run logged both %s and %s; not drawn", cfg.kl_metric,
+                    cfg.score_metric)
+        return []
+    plt = _pyplot()
+    width = 6.0 * len(data)
+    fig, axes = plt.subplots(1, len(data), figsize=(width, 5.0), squeeze=False)
+    titles = []
+    for ax, (title, lines) in zip(axes[0], data.items()):
+        for n, line in lines:
+            st = group_style(n)
+            ax.plot(line.kl, line.value, color=st.color, ls=st.linestyle, lw=1.8, zorder=2)
+            ax.plot(line.kl[:1], line.value[:1], "o", mfc="white", mec=st.color, ms=5, zorder=3)
+            ax.scatter(line.final_kl, line.final_value, s=28, facecolors="none",
+                       edgecolors=[st.color], lw=1.0, zorder=3)
+            mk, mv = line.mean_final
+            ax.plot([mk], [mv], "D", color=st.color, mec="black", mew=0.8, ms=8, zorder=4)
+        key = cfg.score_metric if title == "RM score" else cfg.gold_metric
+        full = f"{title} vs KL to the reference"
+        titles.append(full)
+        ax.set_title(full, fontsize=11)
+        ax.set_xlabel(f"KL to the reference policy ({cfg.kl_metric}, nats)")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    handles: list = []
+    labels: list[str] = []
+    for n, g in enumerate(groups):
+        st = group_style(n)
+        handles.append(Line2D([], [], color=st.color, ls=st.linestyle, lw=2.0, marker="D",
+                              mec="black", ms=6))
+        labels.append(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) != 1 else ''})")
+    handles += [Line2D([], [], ls="none", marker="o", mfc="white", mec="grey", ms=5),
+                Line2D([], [], ls="none", marker="o", mfc="none", mec="grey", ms=6),
+                Line2D([], [], ls="none", marker="D", color="grey", mec="black", ms=7)]
+    labels += ["start of training", f"one run's final (last {cfg.final_window} it.)",
+               "group mean final"]
+    smooth = f", {cfg.smooth}-iteration moving average" if cfg.smooth > 1 else ""
+    title = f"reward vs KL: each group's mean trajectory over training{smooth}"
+    fig.suptitle(title, fontsize=11)
+    bottom = _legend_below(fig, handles, labels, width)
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
+    _save(fig, path, title, titles)
+    plt.close(fig)
+    return titles
 
 
 # --------------------------------------------------------------------------- the verb
@@ -337,17 +537,33 @@ def default_output_dir(run_dirs: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([str(d.parent) for d in run_dirs]))
 
 
+def report_dir(base: Path, overwrite: bool) -> Path:
+    """Where a report goes: ``base``, unless it already holds one (table.md) and ``overwrite``
+    is false; then the first ``base/report_N`` (N = 2, 3, ...) without a table.md."""
+    if overwrite or not (base / "table.md").exists():
+        return base
+    n = 2
+    while (base / f"report_{n}" / "table.md").exists():
+        n += 1
+    return base / f"report_{n}"
+
+
 def run_report(cfg: Any) -> Path:
-    """Write table.md, table.csv and curves.png; print the table; return the output folder."""
+    """Write table.md, table.csv, curves.png and frontier.png; print the table and where it
+    went; return the output folder."""
     runs = load_runs(list(cfg.runs), list(cfg.ignore_keys), cfg.win_rate_judge)
     groups, common = group_runs(runs)
-    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir([r.dir for r in runs])
-    out.mkdir(parents=True, exist_ok=True)
     rows = group_rows(groups, cfg)
     table = markdown_report(rows, cfg, common)
+    base = Path(cfg.output_dir) if cfg.output_dir else default_output_dir([r.dir for r in runs])
+    out = report_dir(base, cfg.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table)
     write_csv(rows, out / "table.csv")
     plot_groups(groups, out / "curves.png", cfg)
+    plot_frontier(groups, out / "frontier.png", cfg)
     print(table)
+    note = "" if out == base else f" ({base / 'table.md'} exists; overwrite=true replaces it)"
+    print(f"report -> {out}{note}")
     log.info("report of %d runs in %d groups -> %s", len(runs), len(groups), out)
     return out

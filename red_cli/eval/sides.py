@@ -10,6 +10,7 @@ with the seed ``batch_seed(seed, k)`` on both sides.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,7 @@ def load_side(spec: PolicySpec, device: str, generation: Any, sampling: Sampling
     tokenizer = models.load_tokenizer(spec.tokenizer, spec.trust_remote_code)
     model = models.load_policy(spec.path, spec.dtype, spec.trust_remote_code).to(device)
     model.eval()
+    sampling = dataclasses.replace(sampling, eos_token_ids=models.eos_token_ids(tokenizer, model))
     return LoadedPolicy(spec, model, tokenizer, build_generator(generation, tokenizer, sampling))
 
 

@@ -27,7 +27,9 @@ def fingerprint(cfg: DictConfig, cand: PolicySpec, base: PolicySpec, prompts: di
     # a finished evaluation instead of starting it again.
     prompts = {k: v for k, v in prompts.items() if k != "n"}
     out = {"candidate": cand.path, "baseline": base.path, "judge": judge, "prompts": prompts,
-           "sampling": dataclasses.asdict(sampling), "seed": int(cfg.seed),
+           "sampling": {k: v for k, v in dataclasses.asdict(sampling).items()
+                        if k != "eos_token_ids"},  # read from the models, not a setting
+           "seed": int(cfg.seed),
            "batch_size": int(cfg.batch_size), "tie_margin": float(cfg.tie_margin)}
     if cfg.generation.backend != "hf":
         # Only then: evaluations made before backends existed keep their fingerprint.

@@ -26,6 +26,9 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0
+    # Token ids that end a response (empty: the tokenizer's EOS); a chat model's generation
+    # config often lists several (end of turn, end of text).
+    eos_token_ids: tuple[int, ...] = ()
 
 
 class Generator(Protocol):
@@ -34,8 +37,10 @@ class Generator(Protocol):
     ``generate`` gets the policy as a plain module holding its full weights (the caller
     gathers ZeRO-3 partitions first), the prompt texts and their left-padded ids [b, P] and
     mask [b, P] (bool) on the policy's device, and returns a :class:`Rollout` whose responses
-    end at the first EOS (``response_mask`` True through it) and whose texts decode the
-    response ids without special tokens. Randomness comes from torch's global generator, so
+    end at the first of ``Sampling.eos_token_ids`` or at a sampled pad token
+    (``response_mask`` True through it: ``rlhf.masking.truncate_after_eos`` with
+    ``keep_sampled_pad``, so no response is empty) and whose texts decode the response ids
+    without special tokens. Randomness comes from torch's global generator, so
     the caller's seed makes the rollout repeatable.
     """
 

@@ -15,6 +15,7 @@ from red_cli.models.loading import (
     DTYPES,
     disable_dropout,
     enable_checkpointing,
+    eos_token_ids,
     fold_label_weights,
     freeze,
     load_policy,
@@ -32,6 +33,6 @@ from red_cli.models.lora import (
 )
 
 __all__ = ["DTYPES", "AdaptersDisabled", "Critic", "add_critic_lora", "add_lora", "build_critic",
-           "disable_dropout", "enable_checkpointing", "fold_label_weights", "freeze", "is_lora",
+           "disable_dropout", "enable_checkpointing", "eos_token_ids", "fold_label_weights", "freeze", "is_lora",
            "load_policy", "load_reward_model", "load_tokenizer", "merged_lora_policy",
            "reference_from", "safetensors_only"]

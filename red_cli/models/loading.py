@@ -12,39 +12,54 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from red_cli.config.checks import looks_local
 from red_cli.errors import ConfigError
+from red_cli.models import preflight
 from red_cli.models.anatomy import output_layer
 
 log = logging.getLogger("red")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-def _check_exists(path: str, key: str) -> None:
-    # A local-looking path that does not exist would otherwise become a hub lookup and a
-    # network error deep inside huggingface_hub.
-    if looks_local(path) and not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"{key}={path!r}: no such file or directory")
+
+def _model_config(path: str, key: str, role: str, trust_remote_code: bool,
+                  label_weights: list[float] | None = None):
+    """The config of ``path`` if it exists and fits ``role`` (``models.preflight``), so a bad
+    path is one ConfigError naming ``key``, not a network error deep inside huggingface_hub or
+    a random head silently put on a model of the wrong kind."""
+    config = preflight.model_config(path, key, trust_remote_code)
+    problem = preflight.role_problem(config, role, path, key, label_weights)
+    if problem:
+        raise ConfigError(problem)
+    return config
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False, key: str = "policy.path"):
-    from transformers import AutoTokenizer
-
-    _check_exists(path, key)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tok = preflight.tokenizer(path, key, trust_remote_code, cache_first=False)
     if tok.pad_token_id is None:
         # Padding is always masked out, so any id serves; EOS is the usual choice (TRL).
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
-        raise ValueError(f"{key}={path!r}: the tokenizer has no EOS token; responses could never end")
+        raise ConfigError(f"{key}={path!r}: the tokenizer has no EOS token; responses could never end")
     return tok
+
+
+def eos_token_ids(tokenizer, model: nn.Module | None = None) -> tuple[int, ...]:
+    """Every token id that ends a response: the tokenizer's EOS, then those the model's
+    generation config lists (LLaMA-3 instruct ends a turn with <|eot_id|>, not its EOS)."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    for i in [extra] if isinstance(extra, int) else list(extra or []):
+        if isinstance(i, int) and i not in ids:
+            ids.append(i)
+    return tuple(ids)
 
 
 def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False,
                 gradient_checkpointing: bool = False, key: str = "policy.path") -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    _check_exists(path, key)
+    _model_config(path, key, "policy", trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **safetensors_only(path)
     )
@@ -84,7 +99,8 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     score = sum_k w_k * logit_k (e.g. [-1, 1]: logit[positive] - logit[negative])."""
     from transformers import AutoModelForSequenceClassification
 
-    _check_exists(path, key)
+    # A causal LM would load here too, with a random score head: refused before loading.
+    _model_config(path, key, "reward_model", trust_remote_code, label_weights)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **safetensors_only(path)
     )

@@ -340,17 +340,25 @@ def _truncate_left(
 
 
 def identity_rm_batch(
-    query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor
+    query_ids: Tensor, query_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
+    unread_id: int | None = None,
 ) -> RMBatch:
     """Same-tokenizer fast path: the RM reads ``[query | response]`` ids as generated.
 
     query_ids, query_mask: [b, Lq] (left-padded prompts); response_ids, response_mask:
     [b, T] (response_mask True through EOS). Padding inside the row is fine: the scorer
     takes positions and the pooled index from the attention mask.
+
+    ``unread_id``: a response token the RM does not read although the policy emitted it (a
+    sampled pad that ended the response, as the text path drops it with the specials): it is
+    masked out of the RM's input, so the score is that of the text before it (the prompt
+    alone for a response that is only that token), and its policy token takes that value.
     """
     b, lq = query_ids.shape
     t = response_ids.shape[1]
     qmask, rmask = query_mask.long(), response_mask.long()
+    if unread_id is not None:
+        rmask = rmask * (response_ids != unread_id).long()
     ar = torch.arange(t, device=response_ids.device).expand(b, t)
     to_policy = torch.cat(
         [torch.full_like(query_ids, -1, dtype=torch.long), torch.where(rmask.bool(), ar, -1)], dim=1
@@ -364,7 +372,7 @@ def identity_rm_batch(
         response_mask=to_policy >= 0,
         prompt_last_index=prompt_last,
         to_policy=to_policy,
-        policy_lengths=rmask.sum(-1),
+        policy_lengths=response_mask.long().sum(-1),
         terminator_id=None,
     )
 

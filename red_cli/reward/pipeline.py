@@ -46,8 +46,10 @@ class RewardPipeline:
     """
 
     def __init__(self, rm: RewardStack, policy_tokenizer, needs: Iterable[str] = (),
-                 users: str = "redistribution"):
+                 users: str = "redistribution", eos_ids: Iterable[int] = ()):
         self.needs = frozenset(needs)
+        # What counts as a response that ended (has_eos; the missing-EOS penalty).
+        self.eos_ids = tuple(eos_ids) or (policy_tokenizer.eos_token_id,)
         self.model = rm.model
         self.rm_tokenizer, self.policy_tokenizer = rm.tokenizer, policy_tokenizer
         # The chat template is rendered once here, not per batch.
@@ -76,8 +78,10 @@ class RewardPipeline:
 
     def _rm_batch(self, traj) -> align.RMBatch:
         if self.identity:
+            pad = self.policy_tokenizer.pad_token_id
             return align.identity_rm_batch(traj.query_ids, traj.query_mask, traj.response_ids,
-                                           traj.response_mask)
+                                           traj.response_mask,
+                                           unread_id=None if pad in self.eos_ids else pad)
         ids = [row[m].tolist() for row, m in zip(traj.response_ids, traj.response_mask)]
         return align.build_rm_batch(traj.prompts, traj.responses, ids, self.policy_tokenizer,
                                     self.rm_tokenizer, self.template, self.max_length)
@@ -87,8 +91,8 @@ class RewardPipeline:
         mask = traj.response_mask
         T = mask.shape[1]
         device = traj.response_ids.device
-        eos = self.policy_tokenizer.eos_token_id
-        has_eos = ((traj.response_ids == eos) & mask).any(-1)
+        eos = torch.tensor(self.eos_ids, device=device)
+        has_eos = (torch.isin(traj.response_ids, eos) & mask).any(-1)
 
         rm_batch = _to(self._rm_batch(traj), device)
         out = score_batch(

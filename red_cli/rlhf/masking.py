@@ -8,6 +8,8 @@ only empty responses (e.g. a policy that emits EOS first on every prompt after t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -113,32 +115,47 @@ def first_true_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def truncate_after_eos(
-    response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
+    response_ids: torch.Tensor,
+    eos_token_id: int | Sequence[int],
+    pad_token_id: int,
+    keep_sampled_pad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut each response after its first EOS and build its ``response_mask``.
 
-    Per row: the first EOS is kept and masked in; everything after it becomes
-    ``pad_token_id`` and is masked out. A row with no EOS keeps every token (a response
-    truncated by the length limit), except that a pad token that is not EOS ends the row
-    too: ``generate`` pads finished rows, and a dataset may hand in right-padded responses.
-    ``pad_token_id == eos_token_id`` (GPT-2 style) works: the first such token counts as EOS.
+    Per row: the first EOS (any of ``eos_token_id``, e.g. a chat model's end-of-turn and its
+    end-of-text) is kept and masked in; everything after it becomes ``pad_token_id`` and is
+    masked out. A row with no EOS keeps every token (a response truncated by the length
+    limit), except that a pad token that is not an EOS ends the row too:
 
-    ``m_t = [no EOS strictly before t] and [no non-EOS pad at or before t]``, so the mask is
-    contiguous from index 0.
+    - ``keep_sampled_pad=False`` (right-padded data): the pad is padding, masked out, and a row
+      that starts with it is empty;
+    - ``keep_sampled_pad=True`` (sampled output, where `generate` only pads rows after their
+      EOS, so a pad before any EOS was sampled by the policy): the pad is the action that
+      ended the response, kept and masked in like an EOS, so no row is ever empty.
+
+    ``pad_token_id`` among the EOS ids (GPT-2 style) works: the first such token is an EOS.
+
+    ``m_t = [no end strictly before t] and [t is not a padding pad]``: contiguous from index 0.
 
     Args:
         response_ids: [b, T] long, the generated tokens only (no prompt), right-padded.
-        eos_token_id: id that ends a response.
+        eos_token_id: one id or several that end a response.
         pad_token_id: id written into masked-out positions.
+        keep_sampled_pad: see above.
 
     Returns:
         (ids [b, T] long with pad after the end, response_mask [b, T] bool).
     """
-    is_eos = response_ids == eos_token_id
+    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))
     is_pad = (response_ids == pad_token_id) & ~is_eos
-    eos_before = (is_eos.cumsum(dim=-1) - is_eos.long()) > 0
-    pad_at_or_before = is_pad.cumsum(dim=-1) > 0
-    response_mask = ~(eos_before | pad_at_or_before)
+    if keep_sampled_pad:
+        ends = is_eos | is_pad
+        response_mask = (ends.cumsum(dim=-1) - ends.long()) == 0
+    else:
+        eos_before = (is_eos.cumsum(dim=-1) - is_eos.long()) > 0
+        pad_at_or_before = is_pad.cumsum(dim=-1) > 0
+        response_mask = ~(eos_before | pad_at_or_before)
     ids = torch.where(response_mask, response_ids, pad_token_id)
     return ids, response_mask
 

@@ -7,6 +7,7 @@ re-resolves `${now:...}` or makes a run directory of its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from red_cli import runtime
+from red_cli import runs, runtime
 
 log = logging.getLogger("red")
 
@@ -165,6 +166,21 @@ def parameter_checksum(engine) -> float:
     return total
 
 
+def non_finite_weights(engines: dict, dist: DistInfo) -> str | None:
+    """The name of an engine whose weights (this rank's share of them) hold a NaN or
+    infinity on any rank, or None: checked before a checkpoint is written."""
+    found = None
+    for name, engine in engines.items():
+        for param in engine.module.parameters():
+            data = param.ds_tensor if hasattr(param, "ds_tensor") else param.data
+            if data.numel() and not bool(torch.isfinite(data).all()):
+                found = name
+                break
+        if found:
+            break
+    return next((n for n in runtime.gather_objects(found, dist.world_size) if n), None)
+
+
 def check_ranks_in_sync(engines: dict, dist: DistInfo) -> dict[str, list[float]]:
     """Every rank's parameter checksum per engine; raises if the ranks disagree."""
     sums = {name: runtime.gather_objects(parameter_checksum(e), dist.world_size) for name, e in engines.items()}
@@ -201,12 +217,13 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- checkpoints
 
 def save_checkpoint(ckpt_root: Path, iteration: int, engines: dict, trainer_state: dict,
-                    dist: DistInfo, keep: int = 2) -> Path:
+                    dist: DistInfo, keep: int = 2, rng: dict | None = None) -> Path:
     """Write engines + trainer state + every rank's RNG into ``iter_N`` atomically.
 
-    Everything goes to ``iter_N.tmp`` first; rank 0 renames it and then rewrites the
-    ``latest`` pointer (temp file then rename), so a kill at any moment leaves either the old
-    or the new checkpoint as ``latest``, never a half-written one.
+    Everything goes to ``iter_N.tmp`` first and is fsync'd; rank 0 renames it and then
+    rewrites the ``latest`` pointer (temp file, fsync, rename), so a kill or a power cut at any
+    moment leaves either the old or the new checkpoint as ``latest``, never a half-written
+    one. ``rng``: the RNG state to record (default: this rank's current one).
     """
     final = ckpt_root / f"iter_{iteration}"
     tmp = ckpt_root / f"iter_{iteration}.tmp"
@@ -218,22 +235,38 @@ def save_checkpoint(ckpt_root: Path, iteration: int, engines: dict, trainer_stat
         # Frozen weights (the base model under LoRA) never change: the model load restores them.
         engine.save_checkpoint(str(tmp), tag=name, save_latest=False,
                                exclude_frozen_parameters=has_frozen_parameters(engine))
-    torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
+    torch.save(rng if rng is not None else rng_state(), tmp / f"rng_rank{dist.rank}.pt")
     if dist.is_main:
         torch.save(trainer_state, tmp / "trainer_state.pt")
+    _fsync_tree(tmp, mine=f"rng_rank{dist.rank}.pt")
     runtime.barrier(dist.world_size)
     if dist.is_main:
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        pointer = ckpt_root / "latest.tmp"
-        pointer.write_text(final.name + "\n")
-        pointer.replace(ckpt_root / "latest")
+        runs.fsync_path(ckpt_root)
+        runs.write_atomic(ckpt_root / "latest", (final.name + "\n").encode())
         old = sorted((p for p in ckpt_root.glob("iter_*") if p.is_dir() and p.suffix != ".tmp"),
                      key=lambda p: int(p.name.split("_")[1]))
         for stale in old[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
     runtime.barrier(dist.world_size)
     return final
+
+
+def _fsync_tree(root: Path, mine: str) -> None:
+    """fsync what this rank wrote under ``root`` (rank 0: everything, the others: their RNG
+    file; DeepSpeed's per-rank shards are flushed by the rank 0 walk, which sees them on a
+    shared file system), then the directories."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and (_is_main_rank() or path.name == mine):
+            runs.fsync_path(path)
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        runs.fsync_path(path)
+    runs.fsync_path(root)
+
+
+def _is_main_rank() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def has_frozen_parameters(engine) -> bool:
@@ -286,7 +319,19 @@ def save_final_policy(engine, tokenizer, ckpt_root: Path, dist: DistInfo, load_s
 # ---------------------------------------------------------------- launching ranks
 
 def launch_ranks(run_dir: Path, launcher, resume: bool = False) -> None:
-    """Start ``nproc_per_node`` ranks of `red_cli.train.worker` on the frozen ``run_dir/config.yaml``."""
+    """Start ``nproc_per_node`` ranks of `red_cli.train.worker` on the frozen
+    ``run_dir/config.yaml`` and wait for them.
+
+    The ranks run in a session of their own, so the terminal's Ctrl-C reaches only this
+    process: the first one asks the ranks (through ``run_dir/STOP``) to finish the iteration
+    and checkpoint, a second one, SIGTERM or SIGHUP stops them at once. They also stop when
+    this process dies, even by SIGKILL (a parent-death signal). When a rank dies before it
+    could say so, run.json is marked failed here.
+    """
+    import signal
+
+    from red_cli.errors import Interrupted, UserError
+
     port = launcher.master_port or free_port()
     worker_args = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
     if launcher.backend == "deepspeed":
@@ -294,7 +339,8 @@ def launch_ranks(run_dir: Path, launcher, resume: bool = False) -> None:
                "--master_port", str(port), "--master_addr", launcher.master_addr]
         if launcher.hostfile:
             cmd += ["--hostfile", launcher.hostfile, "--num_nodes", str(launcher.nnodes)]
-        cmd += ["--num_gpus", str(launcher.nproc_per_node), "--module", "red_cli.train.worker", *worker_args]
+        cmd += ["--num_gpus", str(launcher.nproc_per_node), "--module", "red_cli.train.worker",
+                *worker_args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run",
                f"--nproc_per_node={launcher.nproc_per_node}", f"--nnodes={launcher.nnodes}",
@@ -302,8 +348,44 @@ def launch_ranks(run_dir: Path, launcher, resume: bool = False) -> None:
                f"--master_port={port}", "-m", "red_cli.train.worker", *worker_args]
     log.info("launching %d ranks: %s", launcher.nproc_per_node * launcher.nnodes, " ".join(cmd))
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launcher.nproc_per_node)))
-    proc = subprocess.run(cmd, env=env, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"red train: the ranks exited with status {proc.returncode}; "
-                         f"see the log above and {run_dir}/run.json")
+    env.setdefault("OMP_NUM_THREADS", str(max(1, runtime.cpus_available() // launcher.nproc_per_node)))
+    stop_file = run_dir / "STOP"
+    stop_file.unlink(missing_ok=True)
+    env["RED_STOP_FILE"] = str(stop_file)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                            preexec_fn=runtime.die_with_parent)
+    asked = []
+
+    def on_signal(signum, frame):
+        if signum == signal.SIGINT and not asked:
+            asked.append(signum)
+            stop_file.touch()
+            log.warning("red: asking the ranks to stop after this iteration (a checkpoint "
+                        "follows); interrupt again to stop at once")
+            return
+        asked.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, on_signal)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop_file.unlink(missing_ok=True)
+    if code == 0:
+        return
+    info = runs.read_run_json(run_dir)
+    if info.get("status") == "running":
+        why = ("stopped at once by a signal" if asked else
+               f"a rank exited with status {code} before it could record why (killed, out of "
+               "memory, or crashed; the log above and train.log say more)")
+        runs.write_status(run_dir, "interrupted" if asked else "failed", error=why)
+        info = runs.read_run_json(run_dir)
+    if info.get("status") == "interrupted":
+        if len(asked) > 1 or (asked and asked[0] != signal.SIGINT):
+            raise KeyboardInterrupt(info.get("error", "stopped"))
+        raise Interrupted(info.get("error", "interrupted"))
+    raise UserError(f"the ranks stopped: {info.get('error', f'exit status {code}')}")

@@ -9,21 +9,24 @@ generator and the advantage estimator. Each iteration then:
   4. advantages: the estimator (GAE with a critic, whitened)
   5. PPO epochs over mini batches (gradient accumulation over micro batches)
   6. log (reduced over ranks; rank 0 writes)
-  7. checkpoint every `checkpoint_every` iterations and at the end
-The maths lives in `red_cli/rlhf/`; this file only wires it.
+  7. checkpoint every `checkpoint_every` iterations, at the end, and when asked to stop
+A NaN or infinity stops the run at the iteration it appears in, before anything is saved
+from it (``_stop_non_finite``). The maths lives in `red_cli/rlhf/`; this file only wires it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from red_cli import models, runtime
+from red_cli import models, runs, runtime
+from red_cli.errors import Interrupted, NonFinite
 from red_cli.generation import Rollout, Sampling, build_generator
 from red_cli.reward.shaping import ScoreShaper
 from red_cli.rlhf.kl import AdaptiveKLController, FixedKLController, add_kl_to_rewards
@@ -46,12 +49,19 @@ from red_cli.train.setup import (
 log = logging.getLogger("red")
 
 
-def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
-    """Run PPO as configured; write everything under ``run_dir``; return the last metrics."""
+def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
+          stop: runtime.StopRequest | None = None) -> dict:
+    """Run PPO as configured; write everything under ``run_dir``; return the last metrics.
+
+    ``stop``: asked at the end of every iteration (all ranks agree); when it says so, a
+    checkpoint is written and :class:`Interrupted` raised.
+    """
     # ------------------------------------------------------------------ setup
     dist = distributed.setup(cfg.device)
     sizes = derived_sizes(cfg.ppo, dist.world_size)
     p = cfg.ppo
+    stop = stop or runtime.StopRequest()
+    threads = runtime.choose_threads(cfg.threads, cfg.launcher.nproc_per_node)
     # Same seed everywhere for identical initial weights; sampling differs per rank below.
     distributed.seed_everything(cfg.seed)
     if dist.device.type == "cpu":
@@ -66,7 +76,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     stream = build_prompts(cfg, m.tokenizer, dist)
     gold = gold_judge(cfg)
     generator = build_generator(cfg.generation, m.tokenizer,
-                                Sampling(p.max_new_tokens, p.temperature, p.top_k, p.top_p))
+                                Sampling(p.max_new_tokens, p.temperature, p.top_k, p.top_p,
+                                         eos_token_ids=m.eos_ids))
     engines = build_engines(m, cfg, sizes)
     policy_engine, critic_engine = engines["policy"], engines.get("critic")
     kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
@@ -81,24 +92,38 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
         stream.load_state_dict(state["data"])
         kl_ctl.load_state_dict(state["kl_ctl"])
         shaper.load_state_dict(state["shaper"])
+        # The count the run started with, unless one is asked for: results depend on it.
+        threads = cfg.threads or state.get("threads", threads)
         log.info("resumed at iteration %d", start)
     else:
         # Ranks share weights but must not share samples.
         distributed.seed_everything(cfg.seed * 1000 + dist.rank + 1)
+    if dist.device.type == "cpu":
+        torch.set_num_threads(threads)
+    if dist.is_main:
+        log.info("run %s: %s, rm %s, generation %s, estimator %s%s, %d rank(s), %d prompts%s",
+                 run_dir, m.mode.name, cfg.reward_model.name, generator.name, estimator.name,
+                 f" (critic from {m.critic_init})" if m.critic is not None else "",
+                 dist.world_size, len(stream.items),
+                 f", {threads} thread(s)" if dist.device.type == "cpu" else "")
     logger = MetricsLogger(run_dir, OmegaConf.to_container(cfg), enabled=dist.is_main,
                            wandb_mode=cfg.logger.wandb_mode, project=cfg.logger.project,
                            entity=cfg.logger.entity, tags=list(cfg.logger.tags),
                            progress_bar=cfg.logger.progress_bar, total=p.iterations, start=start,
-                           group=cfg.experiment)
-    if dist.is_main:
-        log.info("run %s: %s, rm %s, generation %s, estimator %s%s, %d rank(s), %d prompts",
-                 run_dir, m.mode.name, cfg.reward_model.name, generator.name, estimator.name,
-                 f" (critic from {m.critic_init})" if m.critic is not None else "",
-                 dist.world_size, len(stream.items))
+                           name=cfg.logger.name, group=cfg.logger.group or cfg.experiment)
+
+    def trainer_state(iteration: int, snapshot: dict | None = None) -> dict:
+        return {"iteration": iteration, "threads": threads, **(snapshot or {
+            "data": stream.state_dict(), "kl_ctl": kl_ctl.state_dict(),
+            "shaper": shaper.state_dict()})}
 
     last: dict = {}
     for iteration in range(start, p.iterations):
         t_iter = time.perf_counter()
+        # What a checkpoint of "before this iteration" needs, if a NaN makes us stop in it.
+        before = {"data": stream.state_dict(), "kl_ctl": kl_ctl.state_dict(),
+                  "shaper": shaper.state_dict()}
+        rng_before = distributed.rng_state()
         # -------------------------------------------------------------- 1. rollout
         t0 = time.perf_counter()
         batch = stream.next_batch()
@@ -128,11 +153,26 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
 
         # -------------------------------------------------------------- 4. advantages
         advantages, returns = estimator(shaped.rewards, old_values, mask)
+        bad = _first_non_finite(dist, [
+            ("objective/score (the reward model's output)", scored.raw_scores),
+            ("rewards (the redistributed score)", credit.rewards),
+            ("policy logprobs", old_logprobs), ("reference logprobs", ref_logprobs),
+            ("critic values", old_values), ("advantages", advantages)], mask)
+        if bad:
+            # Nothing was trained on it yet: the weights are still those of the last
+            # iteration, so they are saved as its checkpoint (if it has none) to resume from.
+            if runs.last_checkpoint_iteration(run_dir) != iteration - 1:
+                distributed.save_checkpoint(ckpt_root, iteration - 1, engines,
+                                            trainer_state(iteration - 1, before), dist,
+                                            rng=rng_before)
+            _stop_non_finite(bad, iteration, run_dir, updated=False)
 
         # -------------------------------------------------------------- 5. PPO epochs
         t0 = time.perf_counter()
         stats = _ppo_epochs(policy_engine, critic_engine, traj, old_logprobs, old_values,
-                            advantages, returns, cfg, sizes)
+                            advantages, returns, cfg, sizes, dist)
+        if isinstance(stats, str):
+            _stop_non_finite(stats, iteration, run_dir, updated=True)
         t_update = time.perf_counter() - t0
 
         # -------------------------------------------------------------- 6. log
@@ -158,11 +198,18 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
                           m.tokenizer, dist)
 
         # -------------------------------------------------------------- 7. checkpoint
-        if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == p.iterations:
-            distributed.save_checkpoint(ckpt_root, iteration, engines, {
-                "iteration": iteration, "data": stream.state_dict(),
-                "kl_ctl": kl_ctl.state_dict(), "shaper": shaper.state_dict(),
-            }, dist)
+        stopping = runtime.any_rank(stop(), dist.world_size) and iteration + 1 < p.iterations
+        if (iteration + 1) % cfg.checkpoint_every == 0 or iteration + 1 == p.iterations \
+                or stopping:
+            broken = distributed.non_finite_weights(engines, dist)
+            if broken:
+                _stop_non_finite(f"the {broken} weights", iteration, run_dir, updated=True)
+            distributed.save_checkpoint(ckpt_root, iteration, engines, trainer_state(iteration),
+                                        dist)
+        if stopping:
+            logger.close()
+            raise Interrupted(f"interrupted after iteration {iteration} "
+                              f"({iteration + 1} of {p.iterations} done, checkpoint written)")
 
     # ------------------------------------------------------------------ finish
     logger.close()
@@ -179,10 +226,43 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False) -> dict:
     return last
 
 
+def _first_non_finite(dist, named: list, mask: torch.Tensor) -> str | None:
+    """The name of the first quantity holding a NaN or infinity on any rank (on real response
+    tokens for per-token ones), or None."""
+    found = None
+    for name, x in named:
+        if x is None:
+            continue
+        values = x[mask] if x.shape == mask.shape else x
+        if not bool(torch.isfinite(values).all()):
+            found = name
+            break
+    # Every rank stops at the same point, or the others would wait in a collective forever.
+    names = runtime.gather_objects(found, dist.world_size)
+    return next((n for n in names if n), None)
+
+
+def _stop_non_finite(what: str, iteration: int, run_dir: Path, updated: bool) -> None:
+    last = runs.last_checkpoint_iteration(run_dir)
+    where = ("checkpoint of iteration " + str(last) if last is not None and last >= 0
+             else "checkpoint of the starting weights")
+    raise NonFinite(
+        f"{what} is not finite (NaN or inf) at iteration {iteration}; "
+        + ("the update went no further and " if updated else "nothing was trained on it; ")
+        + f"the last good state is the {where} (checkpoints/latest). Fix the cause (a reward "
+        "model in a lower precision, a learning rate too high), then continue with "
+        f"red train resume={run_dir}")
+
+
 def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_values,
-                advantages, returns, cfg: DictConfig, sizes: Sizes) -> dict[str, float]:
+                advantages, returns, cfg: DictConfig, sizes: Sizes,
+                dist=None) -> dict[str, float] | str:
     """PPO epochs over shuffled mini batches; DeepSpeed accumulates micro-batch gradients.
-    Without a critic (``critic_engine`` None) only the policy trains."""
+    Without a critic (``critic_engine`` None) only the policy trains.
+
+    Returns the mean of each loss statistic, or the name of the first loss or gradient norm
+    that is not finite (every rank stops at the same micro batch)."""
+    world = dist.world_size if dist is not None else 1
     p = cfg.ppo
     sums: dict[str, float] = {}
     count = 0
@@ -210,16 +290,24 @@ def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_v
                 entropy = masked_mean(
                     entropy_from_logits(logits if p.ent_coef > 0 else logits.detach()), mask)
                 loss = pl.loss - p.ent_coef * entropy if p.ent_coef > 0 else pl.loss
+                if runtime.any_rank(not bool(torch.isfinite(loss)), world):
+                    return "ppo/loss/policy"
                 policy_engine.backward(loss)
                 policy_engine.step()
+                if not _finite_norm(policy_engine, world):
+                    return "the policy's gradient norm"
                 step = {"ppo/loss/policy": pl.loss.item()}
 
                 if critic_engine is not None:
                     values = forwards.response_values(critic_engine, part)
                     vl = value_loss(values, old_values[idx, :T], returns[idx, :T], mask,
                                     p.cliprange_value)
+                    if runtime.any_rank(not bool(torch.isfinite(vl.loss)), world):
+                        return "ppo/loss/value"
                     critic_engine.backward(p.vf_coef * vl.loss)
                     critic_engine.step()
+                    if not _finite_norm(critic_engine, world):
+                        return "the critic's gradient norm"
                     step["ppo/loss/value"] = vl.loss.item()
                 step.update({"ppo/policy/clipfrac": pl.clipfrac.item(),
                              "ppo/policy/approx_kl": pl.approx_kl.item(),
@@ -230,3 +318,12 @@ def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_v
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
     return {k: v / count for k, v in sums.items()}
+
+
+def _finite_norm(engine, world: int) -> bool:
+    """Whether the gradient norm of the last optimiser step is finite, where DeepSpeed
+    measures one (its ZeRO optimisers; under ZeRO-0 with a torch optimiser it does not, and
+    the weights are checked before every checkpoint instead)."""
+    norm = engine.get_global_grad_norm()
+    bad = norm is not None and not math.isfinite(float(norm))
+    return not runtime.any_rank(bad, world)

@@ -61,6 +61,7 @@ class Models:
     mode: Mode
     knobs: Any
     policy_path: str
+    eos_ids: tuple[int, ...]
 
 
 def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> Models:
@@ -71,10 +72,11 @@ def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> 
                                       pol.trust_remote_code)
     policy = models.load_policy(policy_path, pol.dtype, pol.trust_remote_code,
                                 pol.gradient_checkpointing)
+    eos_ids = models.eos_token_ids(tokenizer, policy)
     reward = load_reward_stack(cfg.reward_model, cfg.toy, dist.device)
     mode = get_mode(cfg.redistribution.mode)
     pipeline = RewardPipeline(reward, tokenizer, mode.needs,
-                              users=f"redistribution={mode.name}")
+                              users=f"redistribution={mode.name}", eos_ids=eos_ids)
     critic = critic_init = None
     if estimator.needs_critic:
         critic, critic_init = models.build_critic(
@@ -92,7 +94,7 @@ def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> 
     if warning and dist.is_main:
         log.warning(warning)
     return Models(tokenizer, policy, reference, critic, critic_init, reward, pipeline, mode,
-                  knobs_of(cfg.redistribution), policy_path)
+                  knobs_of(cfg.redistribution), policy_path, eos_ids)
 
 
 def build_engines(m: Models, cfg: Any, sizes: Sizes) -> dict[str, Any]:

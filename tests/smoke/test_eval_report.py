@@ -153,7 +153,8 @@ def _metrics(mode: str, seed: int) -> list[dict]:
     for it in range(20):
         score = -0.3 + slope * it + 0.05 * torch.randn((), generator=gen).item()
         rows.append({"iteration": it, "objective/score": score, "objective/gold": score / 3,
-                     "objective/kl": 0.01 * it})
+                     "objective/kl": 0.01 * it, "ppo/loss/policy": 0.01 * (it % 3),
+                     "ppo/loss/value": 1.0 / (1 + it), "objective/response_length": 10.0})
     return rows
 
 
@@ -173,8 +174,9 @@ def test_report_sweep(tmp_path, capsys):
 
     main(["report", str(sweep), "threshold=0.2", "smooth=3"])
     printed = capsys.readouterr().out
-    for name in ("table.md", "table.csv", "curves.png"):
+    for name in ("table.md", "table.csv", "curves.png", "frontier.png"):
         assert (sweep / name).is_file()
+    assert f"report -> {sweep}" in printed
     assert "redistribution=td" in printed and "win rate vs SFT" in printed
     rows = list(csv.DictReader((sweep / "table.csv").open()))
     assert [r["group"] for r in rows] == [f"redistribution={m}" for m in
@@ -188,12 +190,48 @@ def test_report_sweep(tmp_path, capsys):
     import matplotlib.image
 
     assert matplotlib.image.imread(sweep / "curves.png").shape[1] > 600
+    # The panels drawn are in the PNG's text chunk: score, gold and the KL panel.
+    assert _png_panels(sweep / "curves.png") == [
+        "RM score", "gold score", "KL to the reference (sum over tokens)"]
+    assert _png_panels(sweep / "frontier.png") == [
+        "RM score vs KL to the reference", "gold score vs KL to the reference"]
+
+    # A second report of the same sweep keeps the first: it goes to report_2, then report_3;
+    # overwrite=true writes over the first.
+    first = (sweep / "table.md").read_text()
+    main(["report", str(sweep), "smooth=2"])
+    assert f"report -> {sweep / 'report_2'}" in capsys.readouterr().out
+    assert (sweep / "table.md").read_text() == first
+    for name in ("table.md", "table.csv", "curves.png", "frontier.png"):
+        assert (sweep / "report_2" / name).is_file()
+    main(["report", str(sweep)])
+    assert (sweep / "report_3" / "table.md").is_file()
+    main(["report", str(sweep), "overwrite=true"])
+    assert f"report -> {sweep}\n" in capsys.readouterr().out
+    assert (sweep / "table.md").read_text() != first  # no threshold column any more
+    assert not (sweep / "report_4").exists()
+
+    # A run's own curves.png, as `red train` draws it at the end: two rows of three panels.
+    from red_cli.runs import read_metrics
+    from red_cli.train.metrics import plot_curves
+
+    run = sweep / "2_redistribution=td,seed=0"
+    plot_curves(read_metrics(run / "metrics.jsonl"), run / "plots" / "curves.png", "td / seed 0")
+    height, width = matplotlib.image.imread(run / "plots" / "curves.png").shape[:2]
+    assert 1300 <= width <= 1500 and 700 <= height <= 900  # 2 rows (1 row: under 500 px)
+    assert len(_png_panels(run / "plots" / "curves.png")) == 6
 
     # Runs named one by one (their names hold `=` and `,`) and an output_dir.
     out = tmp_path / "report"
     main(["report", str(sweep / "2_redistribution=td,seed=0"),
           str(sweep / "3_redistribution=td,seed=1"), f"output_dir={out}"])
     assert len(list(csv.DictReader((out / "table.csv").open()))) == 1
+
+
+def _png_panels(path: Path) -> list[str]:
+    from PIL import Image
+
+    return Image.open(path).text["Description"].removeprefix("panels: ").split(" | ")
 
 
 class _Page(HTMLParser):
@@ -219,6 +257,10 @@ def test_explain_page(tiny_toy, tmp_path):
     page.feed((out / "credit.html").read_text())
     assert page.tags["section"] == 8 and page.tags["h3"] == 8 * 3
     assert page.tokens == 3 * sum(len(s["tokens"]) for s in samples)
+    text = (out / "credit.html").read_text()
+    assert page.tags["dl"] == 1 and page.tags["dt"] >= 5  # the legend: r_C, R(x), scale ...
+    assert "the largest |reward| of this sample over all modes" in text
+    assert "\ufffd" not in text
     for s in samples:
         assert set(s["rewards"]) == {"sparse", "td", "abc"}
         assert sum(s["rewards"]["sparse"]) == pytest.approx(s["score"], abs=1e-4)

@@ -62,12 +62,13 @@ def loop_last_first(mask):
     return torch.tensor(last), torch.tensor(first)
 
 
-def loop_truncate(ids, eos, pad):
+def loop_truncate(ids, eos, pad, keep_sampled_pad=False):
+    eos = {eos} if isinstance(eos, int) else set(eos)
     out_ids, out_mask = [], []
     for row in ids.tolist():
         new_row, new_mask, ended = [], [], False
         for tok in row:
-            if not ended and tok == eos:
+            if not ended and (tok in eos or (keep_sampled_pad and tok == pad)):
                 new_row.append(tok)
                 new_mask.append(True)
                 ended = True
@@ -176,6 +177,25 @@ def test_truncate_after_eos_by_hand():
     assert mask.dtype == torch.bool
 
 
+def test_truncate_after_eos_keeps_a_sampled_pad_and_honours_every_eos_id():
+    # EOS ids 2 and 3 (e.g. end-of-turn and end-of-text), pad 0 sampled by the policy.
+    ids = torch.tensor(
+        [
+            [0, 5, 6, 7],  # pad first: it is the whole response (never empty)
+            [5, 0, 6, 2],  # pad ends the response before the EOS
+            [5, 3, 6, 7],  # the second EOS id ends it too
+            [5, 6, 2, 3],  # the first of the EOS ids wins
+        ]
+    )
+    out, mask = truncate_after_eos(ids, [2, 3], 0, keep_sampled_pad=True)
+    assert mask.int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
+    assert out.tolist() == [[0, 0, 0, 0], [5, 0, 0, 0], [5, 3, 0, 0], [5, 6, 2, 0]]
+    assert mask.any(-1).all()
+    # As data (right-padded): the pad is padding and the first row is empty.
+    _, mask = truncate_after_eos(ids, [2, 3], 0)
+    assert mask.int().tolist()[0] == [0, 0, 0, 0]
+
+
 def test_truncate_after_eos_when_pad_is_eos():
     # GPT-2 style: pad == eos. The first one is the EOS (in), the rest padding (out).
     ids = torch.tensor([[5, 9, 9, 9], [9, 9, 9, 9], [5, 6, 7, 8]])
@@ -218,7 +238,11 @@ def test_truncate_after_eos_matches_loop_twin(shape, pad):
     g = torch.Generator().manual_seed(200 + shape[1])
     # A vocabulary of 5 makes EOS (2) and pad (0) frequent, several per row.
     ids = torch.randint(0, 5, shape, generator=g)
-    out, mask = truncate_after_eos(ids, eos_token_id=2, pad_token_id=pad)
-    expected_ids, expected_mask = loop_truncate(ids, eos=2, pad=pad)
-    assert torch.equal(out, expected_ids)
-    assert torch.equal(mask, expected_mask)
+    for eos in (2, [2, 4]):
+        for keep in (False, True):
+            out, mask = truncate_after_eos(ids, eos_token_id=eos, pad_token_id=pad,
+                                           keep_sampled_pad=keep)
+            expected_ids, expected_mask = loop_truncate(ids, eos=eos, pad=pad,
+                                                        keep_sampled_pad=keep)
+            assert torch.equal(out, expected_ids)
+            assert torch.equal(mask, expected_mask)
