@@ -73,9 +73,13 @@ def _git_commit() -> str:
 
 
 def environment_text() -> str:
-    import deepspeed
     import torch
     import transformers
+
+    from red_cli.runtime import quiet_native_output
+
+    with quiet_native_output("importing DeepSpeed"):
+        import deepspeed
 
     if torch.cuda.is_available():
         device = f"cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})"
@@ -180,7 +184,8 @@ def last_checkpoint_iteration(run_dir: Path) -> int | None:
 
 
 def resumable_problem(run_dir: Path, iterations: int | None = None) -> str | None:
-    """Why ``run_dir`` cannot be resumed (to ``iterations`` in all), or None if it can."""
+    """Why ``run_dir`` cannot be resumed (to ``iterations`` in all), or None if it can. A run
+    stopped before its first checkpoint resumes from iteration 0 (nothing of it was kept)."""
     if not run_dir.is_dir():
         return "no such directory"
     if not (run_dir / "config.yaml").is_file():
@@ -190,9 +195,6 @@ def resumable_problem(run_dir: Path, iterations: int | None = None) -> str | Non
                                                  or iterations <= last + 1):
         return ("that run already finished (start a new one, or raise ppo.iterations to go on: "
                 f"red train resume={run_dir} ppo.iterations=N)")
-    if last is None:
-        return ("no checkpoint to resume from (it stopped before its first checkpoint: start it "
-                "again)")
     return None
 
 

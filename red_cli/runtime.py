@@ -7,10 +7,12 @@ verb that loads a model: `red train`, `red eval`, `red explain`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -89,7 +91,7 @@ def cpus_available() -> int:
     return max(1, n)
 
 
-def busy_cpus_of_others(seconds: float = 0.3) -> float:
+def busy_cpus_of_others(seconds: float = 0.5) -> float:
     """How many CPUs other processes keep busy, measured over ``seconds`` (0 if unknown).
 
     From /proc/stat's busy jiffies of the whole machine minus this process's own CPU time.
@@ -131,7 +133,10 @@ def choose_threads(requested: int, local_ranks: int = 1) -> int:
     share = max(1, cpus_available() // max(1, local_ranks))
     if local_ranks > 1:
         return share
-    return max(1, min(share, round(cpus_available() - busy_cpus_of_others())))
+    # A CPU counts as taken when others keep it three-quarters busy: background noise (an
+    # editor, a shell) leaves the count alone, so runs on a quiet machine all use the same.
+    taken = int(busy_cpus_of_others() + 0.25)
+    return max(1, min(share, cpus_available() - taken))
 
 
 # ---------------------------------------------------------------- stopping on request
@@ -213,3 +218,53 @@ def die_with_parent() -> None:
         return
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def quiet_native_output(what: str = "") -> Iterator[None]:
+    """Hold back what C code, compilers and DeepSpeed print straight to the terminal (its op
+    builds and `-laio` probes, "Setting ds_accelerator to cpu"): shown only if the block
+    fails, or always with RED_VERBOSE=1. Works on the file descriptors, so a subprocess's
+    output is held back too."""
+    if os.environ.get("RED_VERBOSE") or not _fds_usable():
+        yield
+        return
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 1)
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            held.seek(0)
+            text = held.read().decode("utf-8", "replace")
+            if failed and text.strip():
+                sys.stderr.write(f"--- output held back{' during ' + what if what else ''}:\n"
+                                 f"{text}")
+            elif text.strip():
+                logging.getLogger("red").debug("held back output%s:\n%s",
+                                               f" during {what}" if what else "", text)
+
+
+def _fds_usable() -> bool:
+    try:
+        os.fstat(1)
+        os.fstat(2)
+    except OSError:
+        return False
+    return True

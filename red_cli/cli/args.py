@@ -129,13 +129,20 @@ def check_output_dirs(args: list[str]) -> None:
 
 
 def _check_writable(path: Path, what: str) -> None:
-    probe = path.resolve()
+    """Make (and remove) a folder where the run directory's first missing parent would go:
+    the only test that also catches read-only mounts and /proc, where access() says yes."""
+    import tempfile
+
+    probe = path.expanduser().absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ArgumentError(f"{what}={str(path)!r}: {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ArgumentError(f"{what}={str(path)!r}: cannot create it ({probe} is not writable)"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".red-write-test-", dir=probe))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ArgumentError(f"{what}={str(path)!r}: cannot create it under {probe} ({reason})"
                             if what.startswith("hydra.") else
-                            f"{what}: {probe} is not writable; run from another directory or "
-                            "set hydra.run.dir=/a/writable/dir")
+                            f"{what}: cannot create ./outputs under {probe} ({reason}); run from "
+                            "another directory or set hydra.run.dir=/a/writable/dir") from None

@@ -97,6 +97,8 @@ class DatasetConfig:
     seed: int = 0
     # Prompts longer than this many policy tokens are dropped, never silently cut.
     max_prompt_length: int = 64
+    # What `red eval judge=llm` asks about two responses to these prompts.
+    judge_question: str = "Two responses answer the same prompt. Which one is better?"
     # Cap on prompts loaded (None: all).
     max_prompts: int | None = None
 

@@ -58,8 +58,10 @@ class LLMJudgeConfig(JudgeBase):
     model: str = MISSING
     api_key_env: str = "OPENAI_API_KEY"
     system_prompt: str = "You are a careful, impartial judge of text quality."
-    # Filled with {prompt}, {response_a}, {response_b}; the answer must be A or B.
+    # Filled with {question}, {prompt}, {response_a}, {response_b}; the answer must be A or B.
     user_template: str = MISSING
+    # What "better" means (null: the evaluated run's dataset.judge_question).
+    question: str | None = None
     temperature: float = 0.0
     max_tokens: int = 8
     # Parallel HTTP requests in flight.

@@ -31,7 +31,14 @@ from omegaconf import DictConfig
 from red_cli import runtime
 from red_cli.errors import EvalError, JudgeError
 from red_cli.eval import store
-from red_cli.eval.judges import Judge, Pairs, build_judge, judge_label, load_rm_preset
+from red_cli.eval.judges import (
+    DEFAULT_QUESTION,
+    Judge,
+    Pairs,
+    build_judge,
+    judge_label,
+    load_rm_preset,
+)
 from red_cli.eval.sides import (
     SFT_NEEDS_RUN,
     LoadedPolicy,
@@ -39,6 +46,7 @@ from red_cli.eval.sides import (
     baseline_spec,
     batch_seed,
     candidate_spec,
+    check_local_path,
     load_side,
     prompt_settings,
     read_prompts,
@@ -67,6 +75,7 @@ def output_dir(cfg: DictConfig, cand: PolicySpec, base: PolicySpec, run: RunInfo
 def run_eval(cfg: DictConfig) -> dict:
     """Evaluate as configured; write eval.json, generations.jsonl; return the eval.json dict."""
     device = runtime.pick_device(cfg.device)
+    check_local_path(cfg.run, "run")
     if cfg.baseline == "sft" and load_run(cfg.run) is None:
         raise EvalError(SFT_NEEDS_RUN)  # before a `toy:` candidate path builds the toy world
     cand_spec, run = candidate_spec(cfg.run, cfg.toy)
@@ -77,6 +86,9 @@ def run_eval(cfg: DictConfig) -> dict:
     if cfg.judge.kind == "gold" and not is_toy(prompt_cfg["path"]):
         log.warning("judge=gold is the toy world's sentiment judge; prompts %s are not the toy's",
                     prompt_cfg["path"])
+    if cfg.judge.kind == "llm" and not cfg.judge.question:
+        default = run.cfg.dataset.get("judge_question") if run is not None else None
+        cfg.judge.question = default or DEFAULT_QUESTION
     if cfg.judge.kind == "reward_model":
         rm_path = load_rm_preset(cfg.judge.preset, cfg.judge.path).path  # a bad preset fails here
         if run is not None and rm_path == run.cfg.reward_model.path:
@@ -103,8 +115,9 @@ def run_eval(cfg: DictConfig) -> dict:
              base_spec.label, judge_label(cfg.judge), len(prompts), len(prompts) - len(todo), out)
 
     if todo:
-        base = load_side(base_spec, device, cfg.generation, sampling)
         judge = build_judge(cfg.judge, toy, device, cfg.tie_margin)
+        judge.check()
+        base = load_side(base_spec, device, cfg.generation, sampling)
         try:
             _judge_all(cfg, cand, base, judge, prompts, done, device, out)
         except JudgeError as err:

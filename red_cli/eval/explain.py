@@ -174,6 +174,7 @@ def compute(cfg: DictConfig) -> tuple[list[Sample], dict]:
     from red_cli.toy import is_toy
 
     device = runtime.pick_device(cfg.device)
+    sides.check_local_path(cfg.run, "run")
     spec, run = sides.candidate_spec(cfg.run, cfg.toy)
     toy = sides.toy_settings(run, cfg.toy)
     if cfg.reward_model is not None:

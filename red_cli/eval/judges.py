@@ -36,6 +36,9 @@ from red_cli.eval.stats import outcome_from_scores
 log = logging.getLogger("red")
 
 JUDGE_KINDS = ("gold", "reward_model", "llm")
+# The llm judge's question when neither judge.question nor the run's dataset.judge_question
+# says what "better" means.
+DEFAULT_QUESTION = "Two responses answer the same prompt. Which one is better?"
 
 
 @dataclass
@@ -58,7 +61,10 @@ class Pairs:
 class Judge(Protocol):
     """Decides each pair of a :class:`Pairs` batch. ``judge`` returns one dict per pair with
     at least ``outcome`` (1 candidate wins, 0 baseline wins, 0.5 tie, None unreadable) and
-    whatever else the judge records (scores, raw answers); `red eval` stores them as they are."""
+    whatever else the judge records (scores, raw answers); `red eval` stores them as they are.
+    ``check`` runs before any sampling and raises JudgeError if the judge cannot work."""
+
+    def check(self) -> None: ...
 
     def judge(self, pairs: Pairs) -> list[dict]: ...
 
@@ -85,6 +91,9 @@ class ScoreJudge:
 
     def score(self, rollout, policy_tokenizer) -> list[float]:
         raise NotImplementedError
+
+    def check(self) -> None:
+        """A score judge is ready once built (its model loaded)."""
 
     def judge(self, pairs: Pairs) -> list[dict]:
         cs = self.score(pairs.candidate, pairs.candidate_tokenizer)
@@ -202,6 +211,8 @@ class LLMJudge:
         self.api_key_env = judge_cfg.api_key_env
         self.system_prompt = judge_cfg.system_prompt
         self.user_template = judge_cfg.user_template
+        # What "better" means for this task (README: the judging question of each dataset).
+        self.question = judge_cfg.get("question") or DEFAULT_QUESTION
         self.temperature = judge_cfg.temperature
         self.max_tokens = judge_cfg.max_tokens
         self.concurrency = judge_cfg.concurrency
@@ -211,9 +222,22 @@ class LLMJudge:
         self._sleep = sleep
         # Set when a request has failed for good: the requests still queued give up at once.
         self._failed = threading.Event()
+
+    def check(self) -> None:
+        """One small request before any sampling, so a wrong URL, model or missing key ends at
+        once with one line, not after every response of the evaluation has been generated."""
         if not os.environ.get(self.api_key_env):
             log.warning("judge.api_key_env=%s is not set: requests go without an API key",
                         self.api_key_env)
+        try:
+            self.ask("Say A.", "A", "B")
+        except JudgeError as err:
+            unset = "" if os.environ.get(self.api_key_env) else (
+                f" (${self.api_key_env} is not set: export it, or name another variable with "
+                "judge.api_key_env=...)")
+            raise JudgeError(f"{err}{unset}") from None
+        finally:
+            self._failed.clear()
 
     def _key(self) -> str | None:
         # Read at request time, never stored on the object (which may be logged or pickled).
@@ -251,7 +275,7 @@ class LLMJudge:
         exponential backoff; then :class:`JudgeError`.
         """
         user = self.user_template.format(prompt=prompt, response_a=response_a,
-                                         response_b=response_b)
+                                         response_b=response_b, question=self.question)
         body = json.dumps({
             "model": self.model,
             "messages": [{"role": "system", "content": self.system_prompt},

@@ -11,6 +11,7 @@ with the seed ``batch_seed(seed, k)`` on both sides.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,15 @@ def _spec_from_path(path: str, toy_cfg: Any, label: str, like: PolicySpec | None
     if like is None:
         return PolicySpec(label, real, real)
     return PolicySpec(label, real, real, like.dtype, like.trust_remote_code, like.use_chat_template)
+
+
+def check_local_path(arg: str, key: str) -> None:
+    """A path-looking argument that does not exist: say so, naming it."""
+    from red_cli.config.checks import looks_local
+
+    if (looks_local(arg) or os.sep in arg) and not Path(arg).expanduser().exists():
+        raise EvalError(f"{key}={arg!r}: no such file or directory (a run directory or a "
+                        "model folder is expected)")
 
 
 def candidate_spec(run_arg: str, toy_cfg: Any, key: str = "run") -> tuple[PolicySpec, RunInfo | None]:

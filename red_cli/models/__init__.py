@@ -16,6 +16,7 @@ from red_cli.models.loading import (
     disable_dropout,
     enable_checkpointing,
     eos_token_ids,
+    first_non_finite_parameter,
     fold_label_weights,
     freeze,
     load_policy,
@@ -33,6 +34,7 @@ from red_cli.models.lora import (
 )
 
 __all__ = ["DTYPES", "AdaptersDisabled", "Critic", "add_critic_lora", "add_lora", "build_critic",
-           "disable_dropout", "enable_checkpointing", "eos_token_ids", "fold_label_weights", "freeze", "is_lora",
+           "disable_dropout", "enable_checkpointing", "eos_token_ids", "first_non_finite_parameter",
+           "fold_label_weights", "freeze", "is_lora",
            "load_policy", "load_reward_model", "load_tokenizer", "merged_lora_policy",
            "reference_from", "safetensors_only"]

@@ -43,6 +43,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, key: str = "polic
     return tok
 
 
+def first_non_finite_parameter(model: nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or infinity, or None."""
+    for name, param in model.named_parameters():
+        if param.numel() and not bool(torch.isfinite(param.detach()).all()):
+            return name
+    return None
+
+
 def eos_token_ids(tokenizer, model: nn.Module | None = None) -> tuple[int, ...]:
     """Every token id that ends a response: the tokenizer's EOS, then those the model's
     generation config lists (LLaMA-3 instruct ends a turn with <|eot_id|>, not its EOS)."""

@@ -51,10 +51,15 @@ def setup(device: str) -> DistInfo:
     if "WORLD_SIZE" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
-    import deepspeed
+    if kind == "cpu" and not _shm_op_built() and int(os.environ.get("RANK", "0")) == 0:
+        log.info("red: the first run on this machine compiles DeepSpeed's CPU communication op "
+                 "(about a minute, once; cached in %s)", _extensions_dir())
+    with runtime.quiet_native_output("DeepSpeed's set-up"):
+        import deepspeed
 
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if kind == "cpu" else "nccl", verbose=False)
+        if not torch.distributed.is_initialized():
+            deepspeed.init_distributed(dist_backend="gloo" if kind == "cpu" else "nccl",
+                                       verbose=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if kind == "cuda":
@@ -63,6 +68,16 @@ def setup(device: str) -> DistInfo:
     else:
         dev = torch.device("cpu")
     return DistInfo(rank, local_rank, world, dev)
+
+
+def _extensions_dir() -> Path:
+    """Where torch keeps compiled extensions (DeepSpeed's ops among them)."""
+    default = Path.home() / ".cache" / "torch_extensions"
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or default)
+
+
+def _shm_op_built() -> bool:
+    return any(_extensions_dir().rglob("deepspeed_shm_comm*.so"))
 
 
 def teardown() -> None:
@@ -127,8 +142,9 @@ def init_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, betas
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas),
                                   foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(scheduler, warmup_steps, total_steps))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
-                                      config=config, dist_init_required=False)
+    with runtime.quiet_native_output("DeepSpeed's engine set-up"):
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
+                                          config=config, dist_init_required=False)
     return engine
 
 

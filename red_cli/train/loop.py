@@ -86,6 +86,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
 
     ckpt_root = run_dir / "checkpoints"
     start = 0
+    if resume and runs.last_checkpoint_iteration(run_dir) is None:
+        log.info("no checkpoint yet in %s: starting again from iteration 0", run_dir)
+        resume = False
     if resume:
         state = distributed.load_checkpoint(ckpt_root, engines, dist)
         start = state["iteration"] + 1
@@ -160,8 +163,10 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
             ("critic values", old_values), ("advantages", advantages)], mask)
         if bad:
             # Nothing was trained on it yet: the weights are still those of the last
-            # iteration, so they are saved as its checkpoint (if it has none) to resume from.
-            if runs.last_checkpoint_iteration(run_dir) != iteration - 1:
+            # iteration, so they are saved as its checkpoint (if it has none) to resume from,
+            # unless they hold a NaN themselves (a critic copied from a broken reward model).
+            if runs.last_checkpoint_iteration(run_dir) != iteration - 1 \
+                    and not distributed.non_finite_weights(engines, dist):
                 distributed.save_checkpoint(ckpt_root, iteration - 1, engines,
                                             trainer_state(iteration - 1, before), dist,
                                             rng=rng_before)
@@ -245,7 +250,8 @@ def _first_non_finite(dist, named: list, mask: torch.Tensor) -> str | None:
 def _stop_non_finite(what: str, iteration: int, run_dir: Path, updated: bool) -> None:
     last = runs.last_checkpoint_iteration(run_dir)
     where = ("checkpoint of iteration " + str(last) if last is not None and last >= 0
-             else "checkpoint of the starting weights")
+             else "checkpoint of the starting weights" if last is not None
+             else "start (no checkpoint: resuming starts again from iteration 0)")
     raise NonFinite(
         f"{what} is not finite (NaN or inf) at iteration {iteration}; "
         + ("the update went no further and " if updated else "nothing was trained on it; ")

@@ -13,6 +13,7 @@ from torch import nn
 
 from red_cli import models
 from red_cli.data import PromptStream, load_prompts, options_from
+from red_cli.errors import ConfigError
 from red_cli.modes import Mode, gamma_warning, get_mode, knobs_of
 from red_cli.reward.pipeline import RewardPipeline
 from red_cli.reward.stack import RewardStack, load_reward_stack
@@ -74,6 +75,12 @@ def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> 
                                 pol.gradient_checkpointing)
     eos_ids = models.eos_token_ids(tokenizer, policy)
     reward = load_reward_stack(cfg.reward_model, cfg.toy, dist.device)
+    for key, path, model in (("policy.path", pol.path, policy),
+                             ("reward_model.path", cfg.reward_model.path, reward.model)):
+        broken = models.first_non_finite_parameter(model)
+        if broken:
+            raise ConfigError(f"{key}={path!r}: its weights hold NaN or inf (first in "
+                              f"{broken}); the file is damaged or was saved from a diverged run")
     mode = get_mode(cfg.redistribution.mode)
     pipeline = RewardPipeline(reward, tokenizer, mode.needs,
                               users=f"redistribution={mode.name}", eos_ids=eos_ids)

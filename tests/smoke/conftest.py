@@ -19,10 +19,11 @@ from red_cli.config import conf_dir, register_configs, register_resolvers
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A few small iterations: enough to exercise every step, small enough for 2 cores.
+# A few small iterations: enough to exercise every step, small enough for 2 cores. One
+# thread: runs compared bit for bit must not pick their thread count from the machine's load.
 QUICK = ["toy=tiny", "experiment=toy_quick", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=4",
          "ppo.micro_batch_size=2", "ppo.max_new_tokens=12", "logger=disabled",
-         "logger.progress_bar=false"]
+         "logger.progress_bar=false", "threads=1"]
 
 
 @pytest.fixture(scope="session", autouse=True)

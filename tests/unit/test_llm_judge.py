@@ -167,3 +167,21 @@ def test_unreachable_endpoint_fails_after_bounded_retries():
                                          r"completions after 3 attempts"):
         judge.compare([("p", "a", "b")])
     assert time.perf_counter() - start < 5
+
+
+def test_check_fails_before_sampling_and_names_the_unset_key(chat, monkeypatch):
+    """A refusing endpoint (HTTP 401) ends at the check, naming the unset key variable."""
+    monkeypatch.delenv("RED_TEST_JUDGE_KEY", raising=False)
+    chat.status = 401
+    with pytest.raises(JudgeError, match=r"HTTP 401.*\$RED_TEST_JUDGE_KEY is not set"):
+        LLMJudge(_cfg(chat.url, max_retries=0)).check()
+    assert len(chat.requests) == 1
+
+
+def test_the_question_fills_the_template(chat, monkeypatch):
+    monkeypatch.setenv("RED_TEST_JUDGE_KEY", KEY)
+    template = "{question}\nPrompt: {prompt}\nResponse A: {response_a}\nResponse B: {response_b}"
+    judge = LLMJudge(_cfg(chat.url, user_template=template, question="Which is kinder?"))
+    judge.ask("p", "a", "b")
+    content = chat.requests[-1]["messages"][1]["content"]
+    assert content == "Which is kinder?\nPrompt: p\nResponse A: a\nResponse B: b"
