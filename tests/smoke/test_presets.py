@@ -1,10 +1,16 @@
-"""The papers' experiments run end to end on local stand-ins for their hub models and datasets.
+"""Every experiment preset runs one iteration with every redistribution mode, on local stand-ins
+for its hub models and datasets (the preset x mode matrix).
 
-`red train experiment=abc_imdb` with a tiny GPT-2 policy, a tiny 2-label DistilBERT sentiment
-classifier (its own WordPiece tokenizer; score = logit[1] - logit[0]) and an IMDb-format file;
-`red train experiment=red_nectar` with a tiny LLaMA policy and a tiny causal LLaMA RM sharing
-a tokenizer with a chat template, and a Nectar-format file. Everything is built here from
-config (nothing is downloaded); the real CLI runs in a subprocess.
+- abc_imdb: a tiny GPT-2 policy, a tiny 2-label DistilBERT sentiment classifier (its own
+  WordPiece tokenizer; score = logit[1] - logit[0]) and an IMDb-format file;
+- red_nectar: a tiny LLaMA policy and a tiny causal LLaMA RM sharing a tokenizer with a chat
+  template, and a Nectar-format file;
+- abc_tldr, red_tldr: a tiny Pythia (GPT-NeoX) policy and RM sharing a tokenizer, and a
+  TL;DR-format file;
+- reproduce, toy_quick: the embedded toy world (its tiny build).
+
+Everything is built here from config (nothing is downloaded). One real `red train -m` sweep
+per family runs its experiments x modes, one iteration each.
 """
 
 from __future__ import annotations
@@ -12,20 +18,28 @@ from __future__ import annotations
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
+import yaml
 
 from red_cli import runs
+from red_cli.modes import registry
 from red_cli.runs import read_metrics
 from red_cli.toy.tokenizer import train_bpe, train_wordpiece
 from tests.smoke.conftest import red
 
 WORDS = ("the film was great awful boring lovely plot acting score scene actor story ending "
          "music slow funny sad bright dark long short director camera cast script").split()
+MODES = ",".join(registry())
 # Small enough to finish fast; the experiment's own PPO settings (epochs, KL, lr) stay.
-SMALL = ["ppo.iterations=2", "ppo.rollout_batch_size=4", "ppo.mini_batch_size=4",
+SMALL = ["ppo.iterations=1", "ppo.rollout_batch_size=4", "ppo.mini_batch_size=4",
          "ppo.micro_batch_size=2", "ppo.max_new_tokens=8", "logger=disabled",
-         "logger.progress_bar=false", "checkpoint_every=1", "sample_every=1", "device=cpu"]
+         "logger.progress_bar=false", "checkpoint_every=1", "sample_every=1", "device=cpu",
+         "threads=1"]
+# CPU stand-ins for presets that ask for bf16 weights and ZeRO-2/3 on GPUs.
+CPU = ["policy.dtype=float32", "reward_model.dtype=float32", "deepspeed=zero0",
+       "deepspeed.precision=fp32"]
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
@@ -35,27 +49,10 @@ def _texts(n: int, words: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(words)) + "." for _ in range(n)]
 
 
-def _save(model, tokenizer, path):
+def _save(model, tokenizer, path) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
-
-
-def _run(tmp_path, *overrides):
-    red("train", *overrides, cwd=tmp_path)
-    found = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
-    assert len(found) == 1
-    run = found[0]
-    assert runs.read_status(run) == "complete"
-    metrics = read_metrics(run / "metrics.jsonl")
-    assert [m["iteration"] for m in metrics] == [0, 1]
-    for m in metrics:
-        for key in ("objective/score", "objective/kl", "ppo/loss/policy", "ppo/loss/value",
-                    "ppo/policy/entropy"):
-            assert math.isfinite(m[key]), (key, m[key])
-        assert m["rewards/sum_minus_score"] < 1e-4
-    samples = [json.loads(line) for line in (run / "samples" / "iter_1.jsonl").read_text().splitlines()]
-    return run, samples
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +60,7 @@ def _offline_datasets(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
-def test_abc_imdb_on_local_stand_ins(tmp_path):
+def _imdb(root: Path) -> tuple[list[str], list[str]]:
     from transformers import (
         DistilBertConfig,
         DistilBertForSequenceClassification,
@@ -82,24 +79,14 @@ def test_abc_imdb_on_local_stand_ins(tmp_path):
         vocab_size=len(rm_tok), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
         max_position_embeddings=512, num_labels=2, pad_token_id=rm_tok.pad_token_id,
         id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1}))
-    data = tmp_path / "imdb.jsonl"
-    data.write_text("".join(json.dumps({"text": r.replace(". ", ".<br /><br />", 1), "label": i % 2}) + "\n"
-                            for i, r in enumerate(reviews)))
-
-    run, samples = _run(tmp_path, "experiment=abc_imdb",
-                        f"policy.path={_save(policy, tok, tmp_path / 'policy')}",
-                        f"reward_model.path={_save(rm, rm_tok, tmp_path / 'rm')}",
-                        f"dataset.path={data}", *SMALL)
-    cfg = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
-    assert cfg["experiment"] == "abc_imdb" and cfg["redistribution"]["mode"] == "abc"
-    assert cfg["dataset"]["eval_path"] == str(data)
-    for s in samples:
-        words = s["prompt"].split()
-        assert 2 <= len(words) <= 8 and any(r.startswith(s["prompt"]) for r in reviews)
-        assert len(s["rewards"]) == len(s["tokens"])
+    data = root / "imdb.jsonl"
+    data.write_text("".join(json.dumps({"text": r.replace(". ", ".<br /><br />", 1), "label": i % 2})
+                            + "\n" for i, r in enumerate(reviews)))
+    return [f"policy.path={_save(policy, tok, root / 'policy')}",
+            f"reward_model.path={_save(rm, rm_tok, root / 'rm')}", f"dataset.path={data}"], reviews
 
 
-def test_red_nectar_with_a_causal_rm_and_chat_templates(tmp_path):
+def _nectar(root: Path) -> tuple[list[str], list[str]]:
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     questions = [q.capitalize() + "?" for q in _texts(12, 6, seed=1)]
@@ -119,14 +106,84 @@ def test_red_nectar_with_a_causal_rm_and_chat_templates(tmp_path):
             for q in questions]
     rows.append({**rows[0], "prompt": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: More?\n\nAssistant:",
                  "turns": 2})
-    data = tmp_path / "nectar.jsonl"
+    data = root / "nectar.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [f"policy.path={_save(policy, tok, root / 'policy')}",
+            f"reward_model.path={_save(rm, tok, root / 'rm')}", f"dataset.path={data}",
+            *CPU], questions
 
-    _, samples = _run(tmp_path, "experiment=red_nectar",
-                      f"policy.path={_save(policy, tok, tmp_path / 'policy')}",
-                      f"reward_model.path={_save(rm, tok, tmp_path / 'rm')}",
-                      f"dataset.path={data}",
-                      # CPU stand-ins for the 8B presets' bf16 ZeRO-3.
-                      "policy.dtype=float32", "reward_model.dtype=float32", "deepspeed=zero0",
-                      "deepspeed.precision=fp32", *SMALL)
-    assert {s["prompt"] for s in samples} <= set(questions)
+
+def _tldr(root: Path) -> tuple[list[str], list[str]]:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
+
+    posts = [f"SUBREDDIT: r/movies\nTITLE: {t}\nPOST: {p}\nTL;DR:"
+             for t, p in zip(_texts(10, 4, seed=3), _texts(10, 20, seed=4))]
+    tok = train_bpe(posts + _texts(30, 10, seed=5), vocab_size=240, padding_side="left",
+                    model_max_length=2048)
+    arch = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=2048, rotary_pct=0.25,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+    policy = GPTNeoXForCausalLM(GPTNeoXConfig(**arch))
+    rm = GPTNeoXForSequenceClassification(GPTNeoXConfig(**arch, num_labels=1))
+    data = root / "tldr.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": " a film post."}) + "\n"
+                            for p in posts))
+    return [f"policy.path={_save(policy, tok, root / 'policy')}",
+            f"reward_model.path={_save(rm, tok, root / 'rm')}", f"dataset.path={data}",
+            *CPU], posts
+
+
+def _sweep(tmp_path: Path, experiments: str, stand_ins: list[str]) -> list[Path]:
+    red("train", "-m", f"experiment={experiments}", f"redistribution={MODES}", *stand_ins,
+        *SMALL, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    points = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(points) == len(experiments.split(",")) * len(registry())
+    for point in points:
+        assert runs.read_status(point) == "complete", point
+        [m] = read_metrics(point / "metrics.jsonl")
+        for key in ("objective/score", "objective/kl", "ppo/loss/policy", "ppo/policy/entropy"):
+            assert math.isfinite(m[key]), (point.name, key, m[key])
+        # PAPERS.md invariant 2 through alignment and shaping, in every mode.
+        assert m["rewards/sum_minus_score"] < 1e-4, point.name
+    return points
+
+
+def _samples(point: Path) -> list[dict]:
+    return [json.loads(line) for line in (point / "samples" / "iter_0.jsonl").read_text().splitlines()]
+
+
+def _config(point: Path) -> dict:
+    return yaml.safe_load((point / "config.yaml").read_text())
+
+
+def test_abc_imdb_with_every_mode(tmp_path):
+    stand_ins, reviews = _imdb(tmp_path)
+    points = _sweep(tmp_path, "abc_imdb", stand_ins)
+    for point in points:
+        cfg = _config(point)
+        assert cfg["experiment"] == "abc_imdb" and cfg["redistribution"]["abc"]["beta"] == 0.8
+        assert cfg["dataset"]["eval_path"] == str(tmp_path / "imdb.jsonl")
+        for s in _samples(point):
+            words = s["prompt"].split()
+            assert 2 <= len(words) <= 8 and any(r.startswith(s["prompt"]) for r in reviews)
+            assert len(s["rewards"]) == len(s["tokens"])
+    assert {_config(p)["redistribution"]["mode"] for p in points} == set(registry())
+
+
+def test_red_nectar_with_every_mode(tmp_path):
+    """A causal RM read through its chat template, single-turn Nectar prompts only."""
+    stand_ins, questions = _nectar(tmp_path)
+    for point in _sweep(tmp_path, "red_nectar", stand_ins):
+        assert {s["prompt"] for s in _samples(point)} <= set(questions)
+        assert _config(point)["redistribution"]["td"]["beta_c"] == 1.0
+
+
+def test_tldr_experiments_with_every_mode(tmp_path):
+    stand_ins, posts = _tldr(tmp_path)
+    for point in _sweep(tmp_path, "abc_tldr,red_tldr", stand_ins):
+        assert {s["prompt"] for s in _samples(point)} <= {p.rstrip() for p in posts}
+
+
+def test_toy_experiments_with_every_mode(tiny_toy, tmp_path):
+    _sweep(tmp_path, "reproduce,toy_quick", ["toy=tiny"])
