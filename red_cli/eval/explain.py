@@ -4,7 +4,7 @@ A handful of eval prompts are answered by the policy (one seeded batch); the SAM
 are then scored by ONE reward model through the training pipeline
 (``red_cli.reward.pipeline.RewardPipeline``) in one forward that reads what every mode
 needs, with no score shaping, and each mode (``red_cli.modes``) spreads the same sequence
-score r_C over the tokens, so the columns differ only in that (PAPERS.md):
+score r_C over the tokens, so the columns differ only in that:
 
 - sparse: all of r_C on the last token;
 - td: the reward model's own prefix-score differences (their sum is r_C - R(x) under

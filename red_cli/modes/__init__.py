@@ -52,7 +52,7 @@ def gamma_warning(mode: Mode, gamma: float) -> str | None:
     With gamma = 1, td is potential-based reward shaping (potential = the prefix score;
     Ng et al. 1999), and abc/uniform move reward within an episode without changing its
     return, so the optimal policy matches sparse. With gamma < 1 earlier tokens are
-    discounted differently, so the objective changes (PAPERS.md, td: "return equivalence").
+    discounted differently, so the objective changes (RED, arXiv 2411.08302: return equivalence).
     """
     if mode.dense and gamma < 1.0:
         return (f"redistribution={mode.name} with gamma={gamma} < 1: dense per-token rewards are "

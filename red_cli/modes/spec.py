@@ -46,7 +46,7 @@ class Signals(NamedTuple):
 
 class Credit(NamedTuple):
     """A mode's output. rewards: [b, T] per-token rewards before KL, 0 outside the mask;
-    target: [b] what ``rewards.sum(-1)`` must equal (PAPERS.md invariant 2), logged as
+    target: [b] what ``rewards.sum(-1)`` must equal (the mode's sum invariant), logged as
     ``rewards/sum_minus_score``."""
 
     rewards: Tensor

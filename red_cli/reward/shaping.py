@@ -1,9 +1,8 @@
 """Sequence-score shaping before redistribution: normalise, clip, penalise a missing EOS.
 
-Never per token: a per-token transform would break the redistribution invariants (PAPERS.md,
-"what an implementation must get right" 6). The same affine-then-clip map is applied to every
-reading of a batch (score, prefix scores, R(x)), so td's differences stay differences of one
-potential.
+Never per token: a per-token transform would break the redistribution invariants (each mode's
+rewards sum to its target). The same affine-then-clip map is applied to every reading of a
+batch (score, prefix scores, R(x)), so td's differences stay differences of one potential.
 """
 
 from __future__ import annotations

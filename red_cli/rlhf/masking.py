@@ -74,7 +74,7 @@ def masked_whiten(
     the mask are set to 0, so whitened advantages never carry weight on padding.
 
     Meant for advantages. Never apply it to per-token rewards: it breaks the return
-    equivalence of redistribution (PAPERS.md, "what an implementation must get right" 6).
+    equivalence of redistribution (RED, arXiv 2411.08302: potential-based shaping).
 
     Args:
         x: any shape, e.g. [b, T].

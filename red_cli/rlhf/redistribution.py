@@ -1,6 +1,6 @@
 """Turn one holistic reward-model score per sequence into per-token rewards.
 
-Modes (PAPERS.md): ``sparse`` (classic RLHF), ``td`` (RED, Li et al. 2024,
+Modes: ``sparse`` (classic RLHF), ``td`` (RED, Li et al. 2024,
 arXiv 2411.08302), ``abc`` (Attention Based Credit, Chan et al. 2024, arXiv 2402.00782) and
 ``uniform`` (ABC's control). Each function returns float rewards [b, T] that are exactly 0
 outside ``response_mask``, and whose per-row sum is the quantity named in its docstring, so
@@ -127,7 +127,7 @@ def td(
 
     ``prev(t)`` is the previous real token, found from the mask (a running max of real
     indices), so rows whose response starts later than index 0 telescope correctly; the
-    paper's default is beta_c = 1 (Li et al. 2024, arXiv 2411.08302; PAPERS.md 2).
+    paper's default is beta_c = 1 (Li et al. 2024, arXiv 2411.08302).
     The sequence score is P_last, read at the pooled position. With gamma < 1 this is no
     longer potential-based shaping: see ``red_cli.modes.gamma_warning``.
 

@@ -120,9 +120,13 @@ def test_eval_llm_judge_over_http(tiny_toy, tmp_path, monkeypatch):
     out = run / "eval" / "llm-fake-judge_vs_sft"
     result = _eval_json(out)
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    # Identical responses are a tie without asking; every other pair is asked in both orders.
+    # One request checks the endpoint before any sampling; then identical responses are a
+    # tie without asking and every other pair is asked in both orders.
     asked = sum(r["candidate"] != r["baseline"] for r in rows)
-    assert asked >= 2 and len(chat.requests) == 2 * asked
+    assert asked >= 2 and len(chat.requests) == 1 + 2 * asked
+    # The question is the toy dataset's (sentiment), as conf/dataset/toy.yaml states it.
+    question = chat.requests[-1]["messages"][1]["content"].splitlines()[0]
+    assert "movie review" in question and "positive in sentiment" in question
     assert set(chat.auth) == {f"Bearer {key}"}
     # One malformed reply per pair: counted, not fatal; the other order decides.
     assert result["malformed"] == asked and result["n"] == 4 and result["unjudged"] == 0

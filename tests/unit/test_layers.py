@@ -17,7 +17,8 @@ LAYERS = [
     {"errors", "rlhf", "toy"},  # pure maths, the embedded task: nothing else of red_cli
     {"modes", "generation"},  # specs and backends over the maths
     {"config"},  # schemas (built from the mode and backend registries), start-up checks
-    {"runtime", "models", "data", "runs"},  # process, models, prompts, run directories
+    {"runtime"},  # the process: device, threads, signals, logs, collectives
+    {"models", "data", "runs"},  # models, prompts, run directories
     {"reward"},  # reading a reward model onto policy tokens
     {"train", "eval"},  # the PPO loop; eval / report / explain
     {"cli"},  # the `red` verbs

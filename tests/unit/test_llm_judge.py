@@ -158,15 +158,15 @@ def test_refused_request_is_not_retried_and_hides_the_key(chat, monkeypatch):
 
 
 def test_unreachable_endpoint_fails_after_bounded_retries():
-    with socket.socket() as s:  # a port nobody listens on
+    with socket.socket() as s:  # bound and never listening: nobody else can take the port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    judge = LLMJudge(_cfg(f"http://127.0.0.1:{port}/v1", max_retries=2, timeout_s=2.0))
-    start = time.perf_counter()
-    with pytest.raises(JudgeError, match=rf"no answer from http://127.0.0.1:{port}/v1/chat/"
-                                         r"completions after 3 attempts"):
-        judge.compare([("p", "a", "b")])
-    assert time.perf_counter() - start < 5
+        judge = LLMJudge(_cfg(f"http://127.0.0.1:{port}/v1", max_retries=2, timeout_s=2.0))
+        start = time.perf_counter()
+        with pytest.raises(JudgeError, match=rf"no answer from http://127.0.0.1:{port}/v1/chat/"
+                                             r"completions after 3 attempts"):
+            judge.compare([("p", "a", "b")])
+        assert time.perf_counter() - start < 5
 
 
 def test_check_fails_before_sampling_and_names_the_unset_key(chat, monkeypatch):
