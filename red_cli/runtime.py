@@ -91,29 +91,61 @@ def cpus_available() -> int:
     return max(1, n)
 
 
-def busy_cpus_of_others(seconds: float = 0.5) -> float:
-    """How many CPUs other processes keep busy, measured over ``seconds`` (0 if unknown).
+class CpuLoad:
+    """How many of this process's CPUs other processes keep busy, between two samples.
 
-    From /proc/stat's busy jiffies of the whole machine minus this process's own CPU time.
+    From the per-CPU lines of /proc/stat (only the CPUs this process may run on, so a
+    container does not count its host's other cores), minus this process's own CPU time.
     """
-    def sample():
-        fields = open("/proc/stat").readline().split()[1:]
-        values = [int(v) for v in fields]
-        idle = values[3] + (values[4] if len(values) > 4 else 0)
-        return sum(values) - idle, sum(values), time.process_time()
 
-    try:
-        busy0, total0, own0 = sample()
-        time.sleep(seconds)
-        busy1, total1, own1 = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    n_cpus = os.cpu_count() or 1
-    if total1 <= total0:
-        return 0.0
-    busy = (busy1 - busy0) / (total1 - total0) * n_cpus  # CPUs busy over the window
-    own = (own1 - own0) / seconds
-    return max(0.0, busy - own)
+    def __init__(self) -> None:
+        self.cpus = (os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity")
+                     else set(range(os.cpu_count() or 1)))
+        self.last = self._sample()
+
+    def _sample(self):
+        busy = total = 0
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    name, *fields = line.split()
+                    if not name.startswith("cpu") or name == "cpu":
+                        continue
+                    if int(name[3:]) not in self.cpus:
+                        continue
+                    values = [int(v) for v in fields]
+                    idle = values[3] + (values[4] if len(values) > 4 else 0)
+                    busy, total = busy + sum(values) - idle, total + sum(values)
+        except (OSError, ValueError, IndexError):
+            return None
+        return busy, total, time.process_time(), time.perf_counter()
+
+    def others(self) -> float:
+        """CPUs kept busy by other processes since the last call (0 if unknown)."""
+        now = self._sample()
+        last, self.last = self.last, now
+        if now is None or last is None or now[1] <= last[1] or now[3] <= last[3]:
+            return 0.0
+        busy = (now[0] - last[0]) / (now[1] - last[1]) * len(self.cpus)
+        own = (now[2] - last[2]) / (now[3] - last[3])
+        return max(0.0, busy - own)
+
+
+def busy_cpus_of_others(seconds: float = 0.5) -> float:
+    """How many of this process's CPUs other processes keep busy, measured over ``seconds``."""
+    load = CpuLoad()
+    time.sleep(seconds)
+    return load.others()
+
+
+def threads_for(others: float, local_ranks: int = 1) -> int:
+    """This process's share of its CPUs, less those other processes keep busy. A CPU counts
+    as taken when others keep it three-quarters busy: background noise (an editor, a shell)
+    leaves the count alone, so runs on a quiet machine all use the same."""
+    share = max(1, cpus_available() // max(1, local_ranks))
+    if local_ranks > 1:
+        return share
+    return max(1, min(share, cpus_available() - int(others + 0.25)))
 
 
 def choose_threads(requested: int, local_ranks: int = 1) -> int:
@@ -124,19 +156,14 @@ def choose_threads(requested: int, local_ranks: int = 1) -> int:
     Why not always every core: torch's OpenMP threads spin while they wait for each other, so
     when another process holds one of two cores, two threads are slower than one, by 4-10x on
     the toy task (docs/PERFORMANCE.md, scripts/bench_threads.py). The count stays fixed for
-    the run (and is kept on resume): results depend on it in the last bits.
+    the run (and is kept on resume): results depend on it in the last bits. With
+    ``threads_follow_load`` the loop re-decides it every iteration instead (:class:`CpuLoad`).
     """
     if requested > 0:
         return requested
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    share = max(1, cpus_available() // max(1, local_ranks))
-    if local_ranks > 1:
-        return share
-    # A CPU counts as taken when others keep it three-quarters busy: background noise (an
-    # editor, a shell) leaves the count alone, so runs on a quiet machine all use the same.
-    taken = int(busy_cpus_of_others() + 0.25)
-    return max(1, min(share, cpus_available() - taken))
+    return threads_for(busy_cpus_of_others() if local_ranks == 1 else 0.0, local_ranks)
 
 
 # ---------------------------------------------------------------- stopping on request

@@ -12,8 +12,9 @@ iterations left out: warm-up) and the median of the per-pair ratios shared / qui
 
 `threads=0` picks the thread count at start-up from the cores other processes leave free
 (red_cli.runtime.choose_threads); `threads=N` fixes it. `--within` runs one longer run per
-setting with the competitor switched on and off every few iterations, started quiet: the
-count chosen at start-up stays, so this shows what a competitor that arrives later costs.
+setting with the competitor switched on and off every few iterations, started quiet: with
+`threads=0` the count chosen at start-up stays, so this shows what a competitor that arrives
+later costs, and `threads_follow_load=true` re-decides it every iteration.
 
 Run it on an otherwise quiet machine: its own numbers are what it measures.
 """
@@ -31,11 +32,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 BUSY = "import time\nt = time.time()\nwhile time.time() - t < 3600:\n    pass\n"
 
 
 def competitor() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", BUSY])
+    # Dies with this script, even when the script is killed.
+    from red_cli.runtime import die_with_parent
+
+    return subprocess.Popen([sys.executable, "-c", BUSY], preexec_fn=die_with_parent)
 
 
 def run(out: Path, threads: int, iterations: int, busy: bool) -> tuple[float, int]:
@@ -58,11 +63,11 @@ def run(out: Path, threads: int, iterations: int, busy: bool) -> tuple[float, in
     return statistics.median(r["time/iteration"] for r in rows[2:]), used
 
 
-def within(out: Path, threads: int, iterations: int, every: int) -> tuple[float, float]:
+def within(out: Path, setting: str, iterations: int, every: int) -> tuple[float, float]:
     """One run started quiet; the competitor on for `every` iterations, off for `every`, ...
     Returns (median s/it while quiet, while shared), warm-up left out."""
     env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "red_cli", "train", f"threads={threads}",
+    proc = subprocess.Popen([sys.executable, "-m", "red_cli", "train", *setting.split(),
                              f"ppo.iterations={iterations}", "checkpoint_every=1000",
                              "logger=disabled", "logger.progress_bar=false",
                              f"hydra.run.dir={out}"], cwd=REPO, env=env,
@@ -123,11 +128,12 @@ def main() -> None:
                   f"{statistics.median(r['shared']):.3f} | {ratio:.2f} | {used_q} / {used_s} |")
         if args.within:
             print("\nOne run each, started quiet, the competitor on and off every 3 iterations:")
-            print("| threads | quiet s/it | shared s/it | shared / quiet |")
+            print("| setting | quiet s/it | shared s/it | shared / quiet |")
             print("|---|---|---|---|")
-            for threads in settings:
-                q, s = within(Path(tmp) / f"within_{threads}", threads, 4 * args.iterations, 3)
-                print(f"| {threads} | {q:.3f} | {s:.3f} | {s / q:.2f} |")
+            for k, setting in enumerate(["threads=0", "threads=0 threads_follow_load=true",
+                                         f"threads={cores}"]):
+                q, s = within(Path(tmp) / f"within_{k}", setting, 4 * args.iterations, 3)
+                print(f"| {setting} | {q:.3f} | {s:.3f} | {s / q:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ KEYS = {
     "train": {
         "seed": "one number seeds weights, prompts and sampling",
         "device": "auto | cpu | cuda",
-        "threads": "torch threads per process (0: a share of the cores, see README)",
+        "threads": "torch threads per process (0: the cores free at start-up; README: Threads)",
+        "threads_follow_load": "re-decide threads=0 every iteration (fast, not bit-exact)",
         "resume": "a run directory to continue from its last checkpoint",
         "checkpoint_every": "iterations between checkpoints (and at the end)",
         "sample_every": "iterations between samples/iter_N.jsonl files",

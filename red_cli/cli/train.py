@@ -27,8 +27,8 @@ log = logging.getLogger("red")
 
 # What `red train resume=DIR` may change: how long the run goes on and how it reports; any
 # other key would make the resumed run a different experiment from the one it continues.
-RESUME_SAFE_KEYS = ("ppo.iterations", "checkpoint_every", "sample_every", "threads", "logger",
-                    "launcher.master_port", "resume")
+RESUME_SAFE_KEYS = ("ppo.iterations", "checkpoint_every", "sample_every", "threads",
+                    "threads_follow_load", "logger", "launcher.master_port", "resume")
 
 
 def train_verb(cfg: DictConfig) -> None:

@@ -219,6 +219,9 @@ class TrainConfig:
     # torch threads per process; 0: the cores this process may use that no other process
     # keeps busy at start-up (fixed for the whole run and kept on resume).
     threads: int = 0
+    # Re-decide the thread count of `threads=0` every iteration from the last one's load:
+    # fast when other processes come and go, bit-exact only while the load stays the same.
+    threads_follow_load: bool = False
     # A run directory to continue from its last checkpoint.
     resume: str | None = None
     checkpoint_every: int = 10

@@ -62,6 +62,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
     p = cfg.ppo
     stop = stop or runtime.StopRequest()
     threads = runtime.choose_threads(cfg.threads, cfg.launcher.nproc_per_node)
+    follow_load = (cfg.threads_follow_load and cfg.threads == 0 and dist.world_size == 1
+                   and dist.device.type == "cpu")
     # Same seed everywhere for identical initial weights; sampling differs per rank below.
     distributed.seed_everything(cfg.seed)
     if dist.device.type == "cpu":
@@ -120,9 +122,13 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
             "data": stream.state_dict(), "kl_ctl": kl_ctl.state_dict(),
             "shaper": shaper.state_dict()})}
 
+    load = runtime.CpuLoad() if follow_load else None
     last: dict = {}
     for iteration in range(start, p.iterations):
         t_iter = time.perf_counter()
+        if load is not None:
+            threads = runtime.threads_for(load.others())
+            torch.set_num_threads(threads)
         # What a checkpoint of "before this iteration" needs, if a NaN makes us stop in it.
         before = {"data": stream.state_dict(), "kl_ctl": kl_ctl.state_dict(),
                   "shaper": shaper.state_dict()}
@@ -194,6 +200,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         values = runtime.all_reduce_mean(values, dist.world_size)
         n_tokens = (mask.sum() + traj.query_mask.sum()).item() * dist.world_size
         values["time/iteration"] = time.perf_counter() - t_iter
+        if load is not None:
+            values["system/threads"] = threads
         values["throughput/tokens_per_s"] = n_tokens / values["time/iteration"]
         kl_ctl.update(values["objective/kl"], p.rollout_batch_size)
         logger.log(iteration, values)

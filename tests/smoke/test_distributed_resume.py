@@ -102,8 +102,18 @@ def test_multirun_sweep_one_dir_per_job(tiny_toy, tmp_path):
     assert len(jobs) == 4
     for job in jobs:
         assert runs.read_status(job) == "complete"
+        assert (job / ".hydra" / "overrides.yaml").exists() and (job / "train.log").exists()
     modes = sorted(json.dumps(runs.read_overrides(j)) for j in jobs)
     assert len(set(modes)) == 4
+    # Names: the job number, then mode and seed; wandb shows the same name, grouped by sweep.
+    names = {j.name.split("_", 1)[1].split("_experiment")[0] for j in jobs}
+    assert names == {"sparse_s0", "sparse_s1", "td_s0", "td_s1"}, names
+    import yaml
+
+    loggers = [yaml.safe_load((j / "config.yaml").read_text())["logger"] for j in jobs]
+    assert [lg["name"] for lg in loggers] == [j.name for j in jobs]
+    sweep = jobs[0].parent
+    assert {lg["group"] for lg in loggers} == {f"sweep {sweep.parent.name}/{sweep.name}"}
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from red_cli import runs
@@ -16,6 +17,10 @@ from tests.smoke.conftest import QUICK, compose_train, red
 
 CASES = [("sparse", "toy"), ("td", "toy"), ("abc", "toy"), ("uniform", "toy"),
          ("td", "toy_xtok"), ("abc", "toy_xtok"), ("td", "toy_bidir")]
+
+
+def yaml_load(path):
+    return yaml.safe_load(path.read_text())
 
 
 def _weights(folder):
@@ -63,17 +68,28 @@ def test_mode_trains_end_to_end(tiny_toy, tmp_path, mode, rm):
 
 
 def test_red_train_command(tiny_toy, tmp_path):
-    """The real CLI in a subprocess: one run directory, complete, with every artifact."""
-    red("train", *QUICK, "redistribution=abc", cwd=tmp_path)
+    """The real CLI in a subprocess: one run directory, complete, with every artifact, named
+    mode and seed first, and a terminal that says only what matters."""
+    proc = red("train", *QUICK, "redistribution=abc", "seed=3", cwd=tmp_path)
     found = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert len(found) == 1
     run = found[0]
     assert runs.read_status(run) == "complete"
+    assert run.name.split("_", 1)[1].startswith("abc_s3_"), run.name
     for name in ("config.yaml", "environment.txt", "metrics.jsonl", "plots/curves.png",
-                 "checkpoints/latest", "checkpoints/final_policy/model.safetensors"):
+                 "checkpoints/latest", "checkpoints/final_policy/model.safetensors",
+                 ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log"):
         assert (run / name).exists(), name
     assert len(read_metrics(run / "metrics.jsonl")) == 3
     assert "torch:" in (run / "environment.txt").read_text()
+    log = (run / "train.log").read_text()
+    assert f"run {run}" in log and "iter 2" in log
+    # The closing summary: the final numbers, where the run is, what to run next.
+    assert "red train: done, 3 iterations" in proc.stdout and f"red eval {run}" in proc.stdout
+    # DeepSpeed's compiler probes and accelerator notes stay out of the terminal.
+    for noise in ("gcc ", "-laio", "ds_accelerator", "shm_comm_op built"):
+        assert noise not in proc.stdout + proc.stderr, noise
+    assert yaml_load(run / "config.yaml")["logger"]["name"] == run.name
 
 
 def test_config_error_leaves_no_run_dir(tmp_path):
