@@ -8,6 +8,7 @@ re-resolves `${now:...}` or makes a run directory of its own.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -247,14 +248,27 @@ def save_checkpoint(ckpt_root: Path, iteration: int, engines: dict, trainer_stat
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     runtime.barrier(dist.world_size)
-    for name, engine in engines.items():
-        # Frozen weights (the base model under LoRA) never change: the model load restores them.
-        engine.save_checkpoint(str(tmp), tag=name, save_latest=False,
-                               exclude_frozen_parameters=has_frozen_parameters(engine))
-    torch.save(rng if rng is not None else rng_state(), tmp / f"rng_rank{dist.rank}.pt")
-    if dist.is_main:
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-    _fsync_tree(tmp, mine=f"rng_rank{dist.rank}.pt")
+    try:
+        for name, engine in engines.items():
+            # Frozen weights (the base model under LoRA) never change: the model load
+            # restores them.
+            engine.save_checkpoint(str(tmp), tag=name, save_latest=False,
+                                   exclude_frozen_parameters=has_frozen_parameters(engine))
+        torch.save(rng if rng is not None else rng_state(), tmp / f"rng_rank{dist.rank}.pt")
+        if dist.is_main:
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+        _fsync_tree(tmp, mine=f"rng_rank{dist.rank}.pt")
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a full disk as a RuntimeError of its zip writer; say what it is,
+        # and take the half-written checkpoint away (`latest` still names the previous one).
+        full = getattr(err, "errno", None) == errno.ENOSPC or \
+            shutil.disk_usage(ckpt_root).free < 1 << 20
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device while writing the checkpoint "
+                          f"of iteration {iteration}", str(ckpt_root)) from err
+        raise
     runtime.barrier(dist.world_size)
     if dist.is_main:
         shutil.rmtree(final, ignore_errors=True)
