@@ -13,6 +13,7 @@ from typing import Any
 from red_cli.errors import ConfigError
 from red_cli.generation import registry as generation_backends
 from red_cli.modes import registry as mode_registry
+from red_cli.toy import is_toy
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
@@ -198,6 +199,10 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
     c.choice("device", cfg.device, DEVICES)
     c.require(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "must be >= 1")
     c.require(cfg.sample_every >= 1, "sample_every", cfg.sample_every, "must be >= 1")
+    if any(is_toy(cfg[g].path) for g in ("policy", "reward_model", "dataset")):
+        from red_cli.toy.build import as_toy_config, check_settings
+
+        c.errors += check_settings(as_toy_config(cfg.toy))
     c.raise_if_any()
 
 

@@ -134,6 +134,9 @@ def ensure_toy(cfg: ToyConfig, cache_root: str | Path | None = None,
     from filelock import FileLock
 
     cfg = as_toy_config(cfg)
+    problems = check_settings(cfg)
+    if problems:
+        raise ValueError("invalid toy settings:\n  " + "\n  ".join(problems))
     base = Path(cache_root) if cache_root is not None else default_cache_root()
     base = base.expanduser().resolve() / "toy"
     key = config_key(cfg)
@@ -200,13 +203,49 @@ def _gold_stats(golds: list[float]) -> dict[str, float]:
     }
 
 
-def _check(cfg: ToyConfig) -> None:
+# Settings that must be at least this (counts, sizes, steps) or above 0 (rates).
+_AT_LEAST = {
+    "n_val_reviews": 1, "n_prompt_reviews": 2, "n_eval_prompts": 1, "max_new_tokens": 1,
+    # Byte-level BPE starts from 256 bytes and 3 specials; WordPiece from the corpus's
+    # characters (about 60) and 4 specials.
+    "vocab_size": 300, "xtok_vocab_size": 100,
+    "policy_n_embd": 1, "policy_n_layer": 1, "policy_n_head": 1, "policy_n_positions": 16,
+    "sft_steps": 1, "sft_batch_size": 1, "sft_warmup_steps": 0,
+    "rm_group_size": 2, "rm_corpus_groups": 1, "rm_sft_prompts": 1, "rm_groups_per_step": 1,
+    "rm_corpus_only_steps": 0, "rm_warmup_steps": 0, "rm_toy_steps": 1, "rm_n_embd": 1,
+    "rm_n_layer": 1, "rm_n_head": 1, "rm_n_positions": 16, "rm_steps": 1,
+    "eval_samples_per_prompt": 2, "eval_corpus_pairs": 1, "sample_batch_size": 1,
+    "num_threads": 1, "num_processes": 1,
+}
+_POSITIVE = ("sft_lr", "rm_toy_lr", "rm_lr")
+
+
+def check_settings(cfg: ToyConfig) -> list[str]:
+    """Every setting that cannot make a toy world, one line each (none: it can)."""
+    problems = [f"toy.{k}={getattr(cfg, k)!r}: must be >= {v}" for k, v in _AT_LEAST.items()
+                if getattr(cfg, k) < v]
+    problems += [f"toy.{k}={getattr(cfg, k)!r}: must be > 0" for k in _POSITIVE
+                 if not getattr(cfg, k) > 0]
     if not 1 <= cfg.prompt_min_words <= cfg.prompt_max_words:
-        raise ValueError("toy.prompt_min_words must be >= 1 and <= toy.prompt_max_words")
+        problems.append(f"toy.prompt_min_words={cfg.prompt_min_words}: must be >= 1 and <= "
+                        f"toy.prompt_max_words ({cfg.prompt_max_words})")
     if cfg.n_val_reviews + cfg.n_prompt_reviews >= cfg.n_reviews:
-        raise ValueError("toy.n_reviews must exceed toy.n_val_reviews + toy.n_prompt_reviews")
+        problems.append(f"toy.n_reviews={cfg.n_reviews}: must exceed toy.n_val_reviews + "
+                        f"toy.n_prompt_reviews ({cfg.n_val_reviews + cfg.n_prompt_reviews})")
+    if cfg.n_eval_prompts >= cfg.n_prompt_reviews:
+        problems.append(f"toy.n_eval_prompts={cfg.n_eval_prompts}: must be below "
+                        f"toy.n_prompt_reviews ({cfg.n_prompt_reviews}), which also give the "
+                        "training prompts")
+    for model in ("policy", "rm"):
+        embd, heads = getattr(cfg, f"{model}_n_embd"), getattr(cfg, f"{model}_n_head")
+        if heads >= 1 and embd % heads:
+            problems.append(f"toy.{model}_n_embd={embd}: must divide by toy.{model}_n_head "
+                            f"({heads})")
+    if cfg.num_processes > 2:
+        problems.append(f"toy.num_processes={cfg.num_processes}: must be 1 or 2")
     if not 0.0 <= cfg.label_noise < 0.5:
-        raise ValueError("toy.label_noise must be in [0, 0.5)")
+        problems.append(f"toy.label_noise={cfg.label_noise}: must be in [0, 0.5)")
+    return problems
 
 
 def _build(cfg: ToyConfig, out: Path, progress: bool) -> dict[str, Any]:
@@ -214,7 +253,6 @@ def _build(cfg: ToyConfig, out: Path, progress: bool) -> dict[str, Any]:
     from red_cli.toy.parallel import Worker
     from red_cli.toy.train import quiet_deterministic_torch
 
-    _check(cfg)
     start, cpu_start = time.perf_counter(), time.process_time()
     # Start the worker first: its imports overlap with the corpus stage.
     worker = Worker(cfg.num_threads) if cfg.num_processes > 1 and Worker.available() else None

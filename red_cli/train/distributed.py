@@ -319,6 +319,27 @@ def load_checkpoint(ckpt_root: Path, engines: dict, dist: DistInfo) -> dict:
     return state
 
 
+def gathered_state_dict(module: torch.nn.Module, dist: DistInfo,
+                        trainable_only: bool = False) -> dict | None:
+    """A ZeRO-3 model's full state dict on rank 0 (None elsewhere), one parameter gathered at a
+    time (DeepSpeed's public GatheredParameters), so no rank holds more than one whole
+    parameter beyond its shard. A collective: every rank must call it."""
+    import deepspeed
+
+    state: dict = {}
+    for name, param in module.named_parameters():
+        if trainable_only and not param.requires_grad:
+            continue
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if dist.is_main:
+                state[name] = param.data.detach().to("cpu", copy=True)
+    if not trainable_only:
+        for name, buffer in module.named_buffers():
+            if dist.is_main:
+                state[name] = buffer.detach().to("cpu", copy=True)
+    return state if dist.is_main else None
+
+
 def save_final_policy(engine, tokenizer, ckpt_root: Path, dist: DistInfo, load_start) -> None:
     """The trained policy as a plain Hugging Face folder, `final_policy` (`from_pretrained`
     loads it). With LoRA the adapters alone go to `final_adapter` too, and `final_policy` is
@@ -328,10 +349,8 @@ def save_final_policy(engine, tokenizer, ckpt_root: Path, dist: DistInfo, load_s
     lora = models.is_lora(engine.module)
     state = None
     if engine.zero_optimization_stage() == 3:
-        # A collective: every rank takes part, rank 0 receives the state dict (with LoRA only
-        # the adapters: the frozen base is read from disk below). DeepSpeed has no public
-        # name for this gather; its own save_16bit_model calls the same method.
-        state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=lora)
+        # With LoRA only the adapters: the frozen base is read from disk below.
+        state = gathered_state_dict(engine.module, dist, trainable_only=lora)
     if dist.is_main:
         path = ckpt_root / "final_policy"
         path.mkdir(parents=True, exist_ok=True)
