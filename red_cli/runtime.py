@@ -295,3 +295,12 @@ def _fds_usable() -> bool:
     except OSError:
         return False
     return True
+
+
+def all_reduce_sum(values: list[float], world_size: int) -> list[float]:
+    """Each number summed over ranks (one collective; alone: the numbers)."""
+    if world_size == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()

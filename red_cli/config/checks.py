@@ -20,7 +20,9 @@ LR_SCHEDULERS = ("constant", "linear", "cosine")
 SCORE_NORMS = ("none", "batch", "running")
 CRITIC_INITS = ("reward_model", "policy")
 # The names of red_cli.train.estimators.ESTIMATORS (a test keeps the two equal).
-ESTIMATORS = ("gae",)
+ESTIMATORS = ("gae", "reinforce_pp", "rloo", "grpo")
+# Estimators that see only a response's sum of rewards (a group baseline on the sequence).
+SEQUENCE_ESTIMATORS = ("rloo", "grpo")
 DTYPES = ("float32", "bfloat16", "float16")
 PRECISIONS = ("fp32", "bf16", "fp16")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -134,11 +136,25 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
     c.choice("ppo.score_norm", p.score_norm, SCORE_NORMS)
     c.choice("ppo.critic_init", p.critic_init, CRITIC_INITS)
     c.choice("ppo.estimator", p.estimator, ESTIMATORS)
+    k = p.samples_per_prompt
+    c.require(k >= 1, "ppo.samples_per_prompt", k, "must be >= 1")
+    if p.estimator in SEQUENCE_ESTIMATORS:
+        c.require(k >= 2, "ppo.samples_per_prompt", k,
+                  f"ppo.estimator={p.estimator} compares responses to the same prompt: give "
+                  "at least 2")
+        if mode in modes and modes[mode].dense:
+            c.errors.append(
+                f"redistribution={mode} with ppo.estimator={p.estimator}: a sequence-level "
+                "baseline gives every token of a response the same advantage, so a mode's "
+                "per-token shape cancels out (only its sum counts); compare modes with "
+                "ppo.estimator=gae or reinforce_pp, or use redistribution=sparse")
     c.require(p.score_clip is None or p.score_clip > 0, "ppo.score_clip", p.score_clip,
               "must be > 0 or null")
     if p.rollout_batch_size >= 1 and p.mini_batch_size >= 1 and p.micro_batch_size >= 1:
-        c.require(p.rollout_batch_size % world == 0, "ppo.rollout_batch_size", p.rollout_batch_size,
-                  f"must be divisible by the number of ranks ({world})")
+        c.require(p.rollout_batch_size % (world * max(1, p.samples_per_prompt)) == 0,
+                  "ppo.rollout_batch_size", p.rollout_batch_size,
+                  f"must be divisible by the number of ranks x ppo.samples_per_prompt ({world} "
+                  f"x {p.samples_per_prompt})")
         c.require(p.rollout_batch_size % p.mini_batch_size == 0, "ppo.rollout_batch_size",
                   p.rollout_batch_size, f"must be divisible by ppo.mini_batch_size ({p.mini_batch_size})")
         c.require(p.mini_batch_size % (p.micro_batch_size * world) == 0, "ppo.mini_batch_size",

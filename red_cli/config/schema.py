@@ -164,8 +164,13 @@ class PPOConfig:
     missing_eos_penalty: float | None = None
     # reward_model | policy
     critic_init: str = "reward_model"
-    # How advantages are estimated from per-token rewards: gae (a critic and GAE(gamma, lambda)).
+    # How advantages are estimated from per-token rewards: gae (a critic and GAE(gamma,
+    # lambda)) | reinforce_pp (rewards to go, batch-normalised; no critic) | rloo | grpo
+    # (a group baseline over samples_per_prompt responses; no critic; sequence-level).
     estimator: str = "gae"
+    # Responses sampled to each prompt (rloo and grpo need at least 2); the rollout holds
+    # rollout_batch_size responses to rollout_batch_size / samples_per_prompt prompts.
+    samples_per_prompt: int = 1
 
 
 @dataclass

@@ -299,26 +299,32 @@ class PromptStream:
     """Endless epochs of shuffled prompts; each rank reads its own slice of every global batch.
 
     The order is a function of (seed, epoch) only, so the position (epoch, index) in
-    ``state_dict`` is all a resumed run needs to read exactly the same prompts.
+    ``state_dict`` is all a resumed run needs to read exactly the same prompts. With
+    ``samples_per_prompt`` k > 1 a global batch holds global_batch / k distinct prompts, each
+    k times in consecutive rows of the same rank (a group baseline compares them there).
     """
 
     def __init__(self, prompts: list[str], tokenizer, *, global_batch: int, rank: int,
                  world_size: int, seed: int, max_prompt_length: int,
-                 use_chat_template: bool = False):
+                 use_chat_template: bool = False, samples_per_prompt: int = 1):
         encoded = [(p, encode_prompt(tokenizer, p, use_chat_template)) for p in prompts]
         kept = [(p, ids) for p, ids in encoded if 0 < len(ids) <= max_prompt_length]
         dropped = len(encoded) - len(kept)
         if dropped:
             log.warning("dropped %d of %d prompts longer than dataset.max_prompt_length=%d tokens",
                         dropped, len(encoded), max_prompt_length)
-        if len(kept) < global_batch:
+        self.k = samples_per_prompt
+        distinct = global_batch // self.k
+        if len(kept) < distinct:
             raise DatasetError(
-                f"only {len(kept)} usable prompts, fewer than ppo.rollout_batch_size={global_batch}; "
-                "raise dataset.max_prompt_length or use more prompts"
+                f"only {len(kept)} usable prompts, fewer than the {distinct} distinct prompts of a "
+                f"rollout (ppo.rollout_batch_size={global_batch} / ppo.samples_per_prompt="
+                f"{self.k}); raise dataset.max_prompt_length or use more prompts"
             )
         self.items = kept
         self.pad_id = tokenizer.pad_token_id
-        self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
+        # From here on a batch counts distinct prompts.
+        self.global_batch, self.rank, self.world_size = distinct, rank, world_size
         self.seed = seed
         self.epoch, self.index = 0, 0
         self._order = self._permutation(0)
@@ -335,7 +341,8 @@ class PromptStream:
         picked = self._order[self.index:self.index + self.global_batch]
         self.index += self.global_batch
         per_rank = self.global_batch // self.world_size
-        mine = [self.items[i] for i in picked[self.rank * per_rank:(self.rank + 1) * per_rank]]
+        mine = [self.items[i] for i in picked[self.rank * per_rank:(self.rank + 1) * per_rank]
+                for _ in range(self.k)]
         ids, mask = left_pad([x[1] for x in mine], self.pad_id)
         return PromptBatch([x[0] for x in mine], ids, mask)
 

@@ -5,8 +5,9 @@ reference and reward model frozen), the prompt stream, the reward pipeline, the 
 generator and the advantage estimator. Each iteration then:
   1. rollout: sample responses to this rank's prompts (the generator)
   2. forwards: old logprobs, reference logprobs, values (no grad)
-  3. rewards: RM readings -> per-token rewards (the mode) -> minus kl_coef * KL
-  4. advantages: the estimator (GAE with a critic, whitened)
+  3. rewards: RM readings -> per-token rewards (the mode) -> minus kl_coef * KL (GRPO: the
+     KL goes into the loss instead)
+  4. advantages: the estimator (GAE with a critic; REINFORCE++, RLOO, GRPO without one)
   5. PPO epochs over mini batches (gradient accumulation over micro batches)
   6. log (reduced over ranks; rank 0 writes)
   7. checkpoint every `checkpoint_every` iterations, at the end, and when asked to stop
@@ -29,7 +30,7 @@ from red_cli import models, runs, runtime
 from red_cli.errors import Interrupted, NonFinite
 from red_cli.generation import Rollout, Sampling, build_generator
 from red_cli.reward.shaping import ScoreShaper
-from red_cli.rlhf.kl import AdaptiveKLController, FixedKLController, add_kl_to_rewards
+from red_cli.rlhf.kl import AdaptiveKLController, FixedKLController, add_kl_to_rewards, k3
 from red_cli.rlhf.masking import masked_mean
 from red_cli.rlhf.ppo import entropy_from_logits, gather_logprobs, policy_loss, value_loss
 from red_cli.runs import read_metrics
@@ -73,7 +74,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         # aid): no kernel here reads memory it has not written.
         torch.utils.deterministic.fill_uninitialized_memory = False
 
-    estimator = build_estimator(p)
+    estimator = build_estimator(p, dist.world_size)
     m = build_models(cfg, dist, estimator)
     stream = build_prompts(cfg, m.tokenizer, dist)
     gold = gold_judge(cfg)
@@ -156,8 +157,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         t0 = time.perf_counter()
         scored = m.pipeline(traj, shaper, dist.world_size)
         credit = m.mode.apply(scored.signals, m.knobs)
-        shaped = add_kl_to_rewards(credit.rewards, old_logprobs, ref_logprobs, mask, kl_ctl.value,
-                                   p.kl_estimator)
+        # GRPO penalises KL in its loss instead; the KL is measured (and logged) all the same.
+        shaped = add_kl_to_rewards(credit.rewards, old_logprobs, ref_logprobs, mask,
+                                   0.0 if estimator.kl_in_loss else kl_ctl.value, p.kl_estimator)
         t_score = time.perf_counter() - t0
 
         # -------------------------------------------------------------- 4. advantages
@@ -181,7 +183,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         # -------------------------------------------------------------- 5. PPO epochs
         t0 = time.perf_counter()
         stats = _ppo_epochs(policy_engine, critic_engine, traj, old_logprobs, old_values,
-                            advantages, returns, cfg, sizes, dist)
+                            advantages, returns, cfg, sizes, dist,
+                            kl_loss=(ref_logprobs, kl_ctl.value) if estimator.kl_in_loss else None)
         if isinstance(stats, str):
             _stop_non_finite(stats, iteration, run_dir, updated=True)
         t_update = time.perf_counter() - t0
@@ -269,10 +272,12 @@ def _stop_non_finite(what: str, iteration: int, run_dir: Path, updated: bool) ->
 
 
 def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_values,
-                advantages, returns, cfg: DictConfig, sizes: Sizes,
-                dist=None) -> dict[str, float] | str:
+                advantages, returns, cfg: DictConfig, sizes: Sizes, dist=None,
+                kl_loss: tuple | None = None) -> dict[str, float] | str:
     """PPO epochs over shuffled mini batches; DeepSpeed accumulates micro-batch gradients.
-    Without a critic (``critic_engine`` None) only the policy trains.
+    Without a critic (``critic_engine`` None) only the policy trains. ``kl_loss``:
+    (reference logprobs [b, T], coefficient) to add ``coefficient * mean k3`` to the policy's
+    loss (GRPO), token-averaged like the clipped objective.
 
     Returns the mean of each loss statistic, or the name of the first loss or gradient norm
     that is not finite (every rank stops at the same micro batch)."""
@@ -304,6 +309,11 @@ def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_v
                 entropy = masked_mean(
                     entropy_from_logits(logits if p.ent_coef > 0 else logits.detach()), mask)
                 loss = pl.loss - p.ent_coef * entropy if p.ent_coef > 0 else pl.loss
+                kl_term = None
+                if kl_loss is not None:
+                    ref, coef = kl_loss
+                    kl_term = masked_mean(k3(logprobs, ref[idx, :T]), mask)
+                    loss = loss + coef * kl_term
                 if runtime.any_rank(not bool(torch.isfinite(loss)), world):
                     return "ppo/loss/policy"
                 policy_engine.backward(loss)
@@ -326,6 +336,8 @@ def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_v
                 step.update({"ppo/policy/clipfrac": pl.clipfrac.item(),
                              "ppo/policy/approx_kl": pl.approx_kl.item(),
                              "ppo/policy/entropy": entropy.item()})
+                if kl_term is not None:
+                    step["ppo/policy/kl_loss"] = kl_term.item()
                 if critic_engine is not None:
                     step["ppo/val/clipfrac"] = vl.clipfrac.item()
                 for k, v in step.items():

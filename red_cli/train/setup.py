@@ -134,7 +134,8 @@ def build_prompts(cfg: Any, tokenizer, dist: distributed.DistInfo) -> PromptStre
     return PromptStream(prompts, tokenizer, global_batch=cfg.ppo.rollout_batch_size,
                         rank=dist.rank, world_size=dist.world_size, seed=cfg.seed,
                         max_prompt_length=ds.max_prompt_length,
-                        use_chat_template=cfg.policy.use_chat_template)
+                        use_chat_template=cfg.policy.use_chat_template,
+                        samples_per_prompt=cfg.ppo.samples_per_prompt)
 
 
 def gold_judge(cfg: Any):

@@ -146,6 +146,21 @@ def test_range_checks_name_the_key(hydra_ctx, override, key):
         validate_train(cfg)
 
 
+def test_sequence_level_estimators_need_groups_and_refuse_dense_modes(hydra_ctx):
+    with pytest.raises(ConfigError, match=r"ppo\.samples_per_prompt=1: ppo.estimator=rloo"):
+        validate_train(_compose(["redistribution=sparse", "ppo.estimator=rloo"]))
+    with pytest.raises(ConfigError, match="redistribution=td with ppo.estimator=grpo: a "
+                                          "sequence-level baseline"):
+        validate_train(_compose(["redistribution=td", "ppo.estimator=grpo",
+                                 "ppo.samples_per_prompt=4"]))
+    with pytest.raises(ConfigError, match="ranks x ppo.samples_per_prompt"):
+        validate_train(_compose(["redistribution=sparse", "ppo.estimator=rloo",
+                                 "ppo.samples_per_prompt=3"]))
+    validate_train(_compose(["redistribution=sparse", "ppo.estimator=grpo",
+                             "ppo.samples_per_prompt=4"]))
+    validate_train(_compose(["redistribution=td", "ppo.estimator=reinforce_pp"]))
+
+
 def test_abc_beta_range(hydra_ctx):
     with pytest.raises(ConfigError, match=r"redistribution\.abc\.beta=1\.5: must be in \[0, 1\]"):
         validate_train(_compose(["redistribution=abc", "redistribution.abc.beta=1.5"]))
