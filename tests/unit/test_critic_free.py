@@ -75,7 +75,7 @@ def test_group_baselines_match_loops(k):
         group = [float(r) for r in returns[g * k:(g + 1) * k]]
         mean = sum(group) / k
         std = math.sqrt(sum((r - mean) ** 2 for r in group) / (k - 1))
-        for i, r in enumerate(group):
+        for r in group:
             rloo.append(r - (sum(group) - r) / (k - 1))
             grpo.append((r - mean) / (std + 1e-6))
     torch.testing.assert_close(rloo_advantages(returns, k), torch.tensor(rloo, dtype=torch.float64))
