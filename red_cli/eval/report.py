@@ -186,7 +186,8 @@ def group_rows(groups: Sequence[Group], cfg: Any) -> list[dict]:
     rows = []
     for g in groups:
         row: dict[str, Any] = {"group": g.label, "seeds": len(g.runs)}
-        for name, key in (("score", cfg.score_metric), ("gold", cfg.gold_metric)):
+        for name, key in (("score", cfg.score_metric), ("gold", cfg.gold_metric),
+                          ("kl", cfg.kl_metric)):
             per_run = [series(r.metrics, key)[1] for r in g.runs]
             for stat, f in (("final", lambda v: final_value(v, cfg.final_window)),
                             ("mean", overall_mean)):
@@ -245,9 +246,12 @@ def resolve_threshold(rows: Sequence[dict], cfg: Any) -> float | None:
 def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) -> str:
     has_gold = any(not math.isnan(r["mean_gold"]) for r in rows)
     has_wins = any(r["win_rate_runs"] for r in rows)
+    has_kl = any(not math.isnan(r["final_kl"]) for r in rows)
     headers = ["group", "seeds", "final score", "mean score"]
     if has_gold:
         headers += ["final gold", "mean gold"]
+    if has_kl:
+        headers.append("final KL")
     threshold = rows[0].get("threshold") if rows else None
     if threshold is not None:
         what = (f"{cfg.threshold_group}'s final" if cfg.threshold_group is not None
@@ -261,6 +265,8 @@ def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) 
                 pm(r["mean_score"], r["mean_score_2se"])]
         if has_gold:
             line += [pm(r["final_gold"], r["final_gold_2se"]), pm(r["mean_gold"], r["mean_gold_2se"])]
+        if has_kl:
+            line.append(pm(r["final_kl"], r["final_kl_2se"]))
         if threshold is not None:
             line.append(f"{pm(r['iters_to_threshold'], r['iters_to_threshold_2se'], 1)} "
                         f"({r['reached_threshold']}/{r['seeds']})")
@@ -269,7 +275,8 @@ def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) 
                         f"({r['win_rate_runs']}/{r['seeds']})")
         body.append(line)
     note = (f"mean ± 2 SE across seeds; final = mean of the last {cfg.final_window} "
-            f"iteration(s); score = `{cfg.score_metric}`, gold = `{cfg.gold_metric}`")
+            f"iteration(s); score = `{cfg.score_metric}`, gold = `{cfg.gold_metric}`, KL = "
+            f"`{cfg.kl_metric}`")
     if threshold is not None:
         note += (f"; threshold {threshold:.3f} on the {cfg.smooth}-iteration moving average of "
                  f"{cfg.threshold_metric} (mean over the seeds that reached it)")

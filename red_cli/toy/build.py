@@ -98,10 +98,16 @@ def as_toy_config(cfg: Any) -> ToyConfig:
     return ToyConfig(**cfg)
 
 
+# Settings added after the first worlds were cached: left out of the key at their defaults,
+# so those worlds keep their folders.
+_LATER_SETTINGS = {"min_units": 1, "max_units": 3, "max_review_words": 20}
+
+
 def config_key(cfg: ToyConfig) -> str:
     """Folder name of a build: format version + hash of every setting."""
-    payload = json.dumps({"format": FORMAT_VERSION, "config": dataclasses.asdict(cfg)},
-                         sort_keys=True)
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])}
+    payload = json.dumps({"format": FORMAT_VERSION, "config": settings}, sort_keys=True)
     return f"v{FORMAT_VERSION}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
@@ -226,6 +232,12 @@ def check_settings(cfg: ToyConfig) -> list[str]:
                 if getattr(cfg, k) < v]
     problems += [f"toy.{k}={getattr(cfg, k)!r}: must be > 0" for k in _POSITIVE
                  if not getattr(cfg, k) > 0]
+    if not 1 <= cfg.min_units <= cfg.max_units:
+        problems.append(f"toy.min_units={cfg.min_units}: must be >= 1 and <= toy.max_units "
+                        f"({cfg.max_units})")
+    if cfg.max_review_words < cfg.prompt_max_words + 2:
+        problems.append(f"toy.max_review_words={cfg.max_review_words}: must leave words after "
+                        f"the longest prompt (toy.prompt_max_words={cfg.prompt_max_words})")
     if not 1 <= cfg.prompt_min_words <= cfg.prompt_max_words:
         problems.append(f"toy.prompt_min_words={cfg.prompt_min_words}: must be >= 1 and <= "
                         f"toy.prompt_max_words ({cfg.prompt_max_words})")
@@ -475,7 +487,9 @@ def _make_corpus(cfg: ToyConfig, out: Path, prog: _Progress) -> _Corpus:
 
     with prog.bar("corpus", cfg.n_reviews) as b:
         texts, golds = corpus.generate_reviews(cfg.n_reviews, cfg.seed, gold_scores,
-                                               progress=b.update)
+                                               max_words=cfg.max_review_words,
+                                               progress=b.update,
+                                               units=(cfg.min_units, cfg.max_units))
     rng = random.Random(f"{cfg.seed}:splits")
     order = list(range(len(texts)))
     rng.shuffle(order)

@@ -116,11 +116,16 @@ def opinion_words() -> OpinionWords:
 
 
 class ReviewGenerator:
-    """Draws one review at a time from a `random.Random`; same seed -> same sequence."""
+    """Draws one review at a time from a `random.Random`; same seed -> same sequence.
 
-    def __init__(self, rng: random.Random):
+    ``units``: (fewest, most) sentences per review; (1, 3) keeps the original weights
+    0.5 / 0.4 / 0.1, any other range draws uniformly.
+    """
+
+    def __init__(self, rng: random.Random, units: tuple[int, int] = (1, 3)):
         self.rng = rng
         self.words = opinion_words()
+        self.units = tuple(units)
 
     def adjective(self, polarity: int) -> str:
         table = self.words.positive if polarity > 0 else self.words.negative
@@ -179,7 +184,10 @@ class ReviewGenerator:
     def review(self) -> str:
         rng = self.rng
         polarity = 1 if rng.random() < 0.5 else -1
-        n_units = rng.choices((1, 2, 3), weights=(0.5, 0.4, 0.1))[0]
+        if self.units == (1, 3):
+            n_units = rng.choices((1, 2, 3), weights=(0.5, 0.4, 0.1))[0]
+        else:
+            n_units = rng.randint(*self.units)
         units = [self.unit(polarity) for _ in range(n_units)]
         if rng.random() < 0.3 and units[0].startswith(("the ", "i found", *FILMS)):
             units[0] = f"{rng.choice(OPENERS)} {units[0]}"
@@ -193,6 +201,7 @@ def generate_reviews(
     score: Callable[[list[str]], list[float]],
     max_words: int = 20,
     progress: Callable[[int], None] | None = None,
+    units: tuple[int, int] = (1, 3),
 ) -> tuple[list[str], list[float]]:
     """`n` distinct reviews and their gold scores, balanced by sign of the gold score.
 
@@ -200,7 +209,7 @@ def generate_reviews(
     neutral) is not ahead: |#positive - #negative| <= 1 and neutral <= 10% of n.
     Candidates longer than `max_words` words are redrawn. Deterministic in `seed`.
     """
-    gen = ReviewGenerator(random.Random(seed))
+    gen = ReviewGenerator(random.Random(seed), units)
     texts: list[str] = []
     golds: list[float] = []
     seen: set[str] = set()

@@ -22,6 +22,12 @@ class ToyConfig:
     prompt_max_words: int = 6
     n_eval_prompts: int = 300  # the other distinct prompts are the train prompts
     max_new_tokens: int = 24
+    # Sentences ("units") per review, drawn uniformly in [min_units, max_units] (the default
+    # [1, 3] draws 1, 2, 3 with weights 0.5, 0.4, 0.1), and the most words a review may have.
+    # The long-horizon world (conf/toy/long.yaml) writes reviews of 5-8 sentences.
+    min_units: int = 1
+    max_units: int = 3
+    max_review_words: int = 20
 
     # Tokenizers: byte-level BPE for the policy and the `toy` / `toy_bidir` RMs;
     # WordPiece with another vocabulary for `toy_xtok`.

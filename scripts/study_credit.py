@@ -1,0 +1,162 @@
+"""When does dense credit help? The study behind docs/RESULTS.md.
+
+    python scripts/study_credit.py                      # both questions, about 2 h on 2 cores
+    python scripts/study_credit.py --questions critic --seeds 2 --out outputs/study_small
+
+Q1 "critic" (the default toy task, 100 iterations): redistribution sparse / td / abc /
+uniform x three ways of estimating advantages: gae with the critic started from the reward
+model (red's default), gae with the critic started from the policy (it knows nothing), and
+reinforce_pp (no critic) x `--seeds` seeds.
+
+Q2 "horizon": sparse / td / abc x the default toy task vs the long-horizon one
+(experiment=toy_long: 5-8 sentence reviews, up to 96 new tokens) under `--horizon-estimator`
+x `--horizon-seeds` seeds. The default-horizon runs are Q1's, not run twice.
+
+Per run: `red eval RUN judge=gold prompts.n=N` (vs its SFT policy). Per question: `red report`
+(final and mean gold, iterations until the smoothed gold reaches `--threshold`, win rate vs
+SFT, final KL) into OUT/<question>/, and OUT/<question>/summary.json with every run's
+numbers. Resumable: a finished run or evaluation is skipped, a stopped run is resumed.
+`--jobs` runs at once, each with cores / jobs torch threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> the overrides of one way to estimate advantages.
+ESTIMATORS = {
+    "gae_rm_critic": ["ppo.estimator=gae", "ppo.critic_init=reward_model"],
+    "gae_policy_critic": ["ppo.estimator=gae", "ppo.critic_init=policy"],
+    "reinforce_pp": ["ppo.estimator=reinforce_pp"],
+}
+HORIZONS = {"default": ["experiment=reproduce"], "long": ["experiment=toy_long"]}
+
+
+def red(*args: str, threads: int, log: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, "-m", "red_cli", *args], cwd=REPO, env=env,
+                              stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        tail = log.read_text().splitlines()[-20:]
+        raise RuntimeError(f"red {' '.join(args)} failed (see {log}):\n" + "\n".join(tail))
+
+
+def status(run: Path) -> str | None:
+    try:
+        return json.loads((run / "run.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def runs_of(args) -> dict[str, list[tuple[Path, list[str]]]]:
+    out = Path(args.out).resolve()
+    plan: dict[str, list[tuple[Path, list[str]]]] = {}
+    if "critic" in args.questions:
+        plan["critic"] = [
+            (out / "runs" / f"default_{est}_{mode}_s{seed}",
+             [*HORIZONS["default"], *ESTIMATORS[est], f"redistribution={mode}", f"seed={seed}"])
+            for est in ESTIMATORS for mode in ("sparse", "td", "abc", "uniform")
+            for seed in range(args.seeds)]
+    if "horizon" in args.questions:
+        plan["horizon"] = [
+            (out / "runs" / f"{horizon}_{args.horizon_estimator}_{mode}_s{seed}",
+             [*HORIZONS[horizon], *ESTIMATORS[args.horizon_estimator],
+              f"redistribution={mode}", f"seed={seed}"])
+            for horizon in HORIZONS for mode in ("sparse", "td", "abc")
+            for seed in range(args.horizon_seeds)]
+    return plan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="outputs/study_credit")
+    ap.add_argument("--questions", default="critic,horizon")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--horizon-seeds", type=int, default=3)
+    ap.add_argument("--horizon-estimator", default="reinforce_pp", choices=sorted(ESTIMATORS))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--eval-prompts", type=int, default=300)
+    ap.add_argument("--threshold", type=float, default=0.4)
+    ap.add_argument("--smooth", type=int, default=5)
+    ap.add_argument("overrides", nargs="*", help="extra `red train` overrides (e.g. ppo.iterations=20)")
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    plan = runs_of(args)
+    jobs = list(dict.fromkeys((run, tuple(o)) for runs in plan.values() for run, o in runs))
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    for horizon in ("default", "long") if "horizon" in plan else ("default",):
+        red("toy", "toy=" + ("long" if horizon == "long" else "default"), threads=os.cpu_count(),
+            log=out / f"toy_{horizon}.log")
+    timings["toy worlds"] = time.perf_counter() - t0
+
+    def train(job) -> None:
+        run, overrides = job
+        if status(run) == "complete":
+            return
+        t = time.perf_counter()
+        if run.exists() and not (run / "config.yaml").exists():
+            shutil.rmtree(run)
+        extra = [f"resume={run}"] if (run / "config.yaml").exists() else \
+            [*overrides, *args.overrides, "logger=disabled", "logger.progress_bar=false",
+             f"hydra.run.dir={run}"]
+        red("train", *extra, threads=threads, log=run.parent / f"train_{run.name}.log")
+        print(f"  trained {run.name} in {time.perf_counter() - t:.0f} s", flush=True)
+
+    def evaluate(job) -> None:
+        run = job[0]
+        if (run / "eval" / "gold_vs_sft" / "eval.json").exists():
+            return
+        red("eval", str(run), "judge=gold", f"prompts.n={args.eval_prompts}", threads=threads,
+            log=run.parent / f"eval_{run.name}.log")
+
+    for name, fn in (("train", train), ("eval", evaluate)):
+        t0 = time.perf_counter()
+        print(f"{name}: {len(jobs)} runs, {args.jobs} at a time, {threads} thread(s) each",
+              flush=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(fn, jobs))
+        timings[name] = time.perf_counter() - t0
+
+    for question, runs in plan.items():
+        folder = out / question
+        folder.mkdir(exist_ok=True)
+        red("report", *[str(r) for r, _ in runs], f"output_dir={folder}", "overwrite=true",
+            f"threshold={args.threshold}", "threshold_metric=gold", f"smooth={args.smooth}",
+            f"final_window={args.smooth}", threads=threads, log=folder / "report.log")
+        summary = []
+        for run, overrides in runs:
+            metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            win = json.loads((run / "eval" / "gold_vs_sft" / "eval.json").read_text())
+            last = metrics[-args.smooth:]
+            summary.append({
+                "run": run.name, "overrides": list(overrides),
+                "final_gold": sum(m["objective/gold"] for m in last) / len(last),
+                "mean_gold": sum(m["objective/gold"] for m in metrics) / len(metrics),
+                "final_kl": sum(m["objective/kl"] for m in last) / len(last),
+                "win_rate_vs_sft": win["win_rate"],
+                "seconds_per_iteration": sorted(m["time/iteration"] for m in metrics)[len(metrics) // 2],
+            })
+        (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    timings["total"] = time.perf_counter() - t_start
+    (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    print("wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+
+
+if __name__ == "__main__":
+    main()
