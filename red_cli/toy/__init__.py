@@ -1,5 +1,6 @@
-"""The embedded default task: a generated movie-review world, its gold judge (VADER) and
-tiny models that `red` trains itself on first use (see `build.ensure_toy`).
+"""The embedded default task: a generated movie-review world, its gold judge (VADER), a
+gold cost judge (hype words) and tiny models that `red` trains itself on first use (see
+`build.ensure_toy`).
 
 Attributes are imported lazily so that `import red_cli.toy` stays cheap (no torch or
 transformers until a build or a judge is needed).
@@ -13,10 +14,12 @@ from red_cli.toy.settings import ToyConfig
 
 if TYPE_CHECKING:
     from red_cli.toy.build import ToyArtifacts, ensure_toy, format_summary, resolve_toy_path
+    from red_cli.toy.cost import GoldCostJudge, gold_costs
     from red_cli.toy.judge import GoldJudge, gold_scores
 
-__all__ = ["PREFIX", "GoldJudge", "ToyArtifacts", "ToyConfig", "ensure_toy", "format_summary",
-           "gold_scores", "is_toy", "resolve_path", "resolve_toy_path"]
+__all__ = ["PREFIX", "GoldCostJudge", "GoldJudge", "ToyArtifacts", "ToyConfig", "ensure_toy",
+           "format_summary", "gold_costs", "gold_scores", "is_toy", "resolve_path",
+           "resolve_toy_path"]
 
 _LAZY = {
     "ToyArtifacts": "red_cli.toy.build",
@@ -25,6 +28,8 @@ _LAZY = {
     "resolve_toy_path": "red_cli.toy.build",
     "GoldJudge": "red_cli.toy.judge",
     "gold_scores": "red_cli.toy.judge",
+    "GoldCostJudge": "red_cli.toy.cost",
+    "gold_costs": "red_cli.toy.cost",
 }
 
 

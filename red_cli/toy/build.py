@@ -1,4 +1,5 @@
-"""Build (once) and cache the embedded toy task: corpus, tokenizers, SFT policy, three RMs.
+"""Build (once) and cache the embedded toy task: corpus, tokenizers, SFT policy, three RMs
+and, when `cost_model_steps` > 0, a cost model.
 
 `ensure_toy(cfg)` returns the cached build for these settings, building it on first use.
 
@@ -20,9 +21,12 @@ Layout of a build:
     rm_toy/                  GPT2ForSequenceClassification, policy's BPE, init from SFT
     rm_toy_xtok/             GPT2ForSequenceClassification, its own WordPiece tokenizer
     rm_toy_bidir/            BertForSequenceClassification (CLS pooling at <bos>), BPE
+    cm_toy/                  cost model (cost_model_steps > 0 only): like rm_toy, regressed
+                             onto the gold cost (hype words, see `cost.py`)
 
 With num_processes=2 a second process (see `parallel.py`) trains `toy_xtok` and
-`toy_bidir` while this one trains the policy, samples it and trains `toy`.
+`toy_bidir` while this one trains the policy, samples it, trains `toy` and then the cost
+model.
 
 Reward models score `prompt + response` exactly as `tokenizer(text)` encodes it (the
 tokenizers prepend <bos> and add no <eos>, RM tokenizers pad on the right): the causal
@@ -32,6 +36,7 @@ ones read their scalar head at the last real token, the bidirectional one at pos
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -51,12 +56,14 @@ from red_cli.toy.settings import ToyConfig
 FORMAT_VERSION = 2  # bump whenever the build recipe changes what a key produces
 MARKER = "COMPLETE"
 RM_DIRS = {"toy": "rm_toy", "toy_xtok": "rm_toy_xtok", "toy_bidir": "rm_toy_bidir"}
+COST_MODEL_DIR = "cm_toy"
 MAGIC_NAMES = {
     "toy:policy": "policy",
     "toy:tokenizer": "tokenizer",
     "toy:rm": RM_DIRS["toy"],
     "toy:rm_xtok": RM_DIRS["toy_xtok"],
     "toy:rm_bidir": RM_DIRS["toy_bidir"],
+    "toy:cost_model": COST_MODEL_DIR,
     "toy:prompts_train": "prompts_train.jsonl",
     "toy:prompts_eval": "prompts_eval.jsonl",
 }
@@ -72,6 +79,7 @@ class ToyArtifacts:
     tokenizer: Path
     policy: Path
     reward_models: dict[str, Path]
+    cost_model: Path | None  # None: this world has no cost model
     prompts_train: Path
     prompts_eval: Path
     summary: dict[str, Any]
@@ -100,7 +108,8 @@ def as_toy_config(cfg: Any) -> ToyConfig:
 
 # Settings added after the first worlds were cached: left out of the key at their defaults,
 # so those worlds keep their folders.
-_LATER_SETTINGS = {"min_units": 1, "max_units": 3, "max_review_words": 20}
+_LATER_SETTINGS = {"min_units": 1, "max_units": 3, "max_review_words": 20,
+                   "cost_model_steps": 0, "cost_model_lr": 1e-3, "cost_model_batch_size": 64}
 
 
 def config_key(cfg: ToyConfig) -> str:
@@ -113,13 +122,16 @@ def config_key(cfg: ToyConfig) -> str:
 
 def _artifacts(root: Path) -> ToyArtifacts:
     summary = json.loads((root / "summary.json").read_text())
-    summary["paths"] = {name: str(root / rel) for name, rel in MAGIC_NAMES.items()}
+    has_cost_model = "cost_model" in summary
+    summary["paths"] = {name: str(root / rel) for name, rel in MAGIC_NAMES.items()
+                        if has_cost_model or rel != COST_MODEL_DIR}
     summary["paths"]["root"] = str(root)
     return ToyArtifacts(
         root=root,
         tokenizer=root / "tokenizer",
         policy=root / "policy",
         reward_models={name: root / rel for name, rel in RM_DIRS.items()},
+        cost_model=root / COST_MODEL_DIR if has_cost_model else None,
         prompts_train=root / "prompts_train.jsonl",
         prompts_eval=root / "prompts_eval.jsonl",
         summary=summary,
@@ -187,6 +199,10 @@ def resolve_toy_path(name: str, cfg: ToyConfig, cache_root: str | Path | None = 
     """Real path of a magic name such as "toy:policy" (building the toy task if needed)."""
     if name not in MAGIC_NAMES:
         raise ValueError(f"unknown toy path {name!r}; valid names: {', '.join(MAGIC_NAMES)}")
+    cfg = as_toy_config(cfg)
+    if MAGIC_NAMES[name] == COST_MODEL_DIR and cfg.cost_model_steps <= 0:
+        raise ValueError(f"{name}: this toy world has no cost model (toy.cost_model_steps="
+                         f"{cfg.cost_model_steps}); use toy=safe, or set toy.cost_model_steps > 0")
     return ensure_toy(cfg, cache_root=cache_root).root / MAGIC_NAMES[name]
 
 
@@ -222,8 +238,10 @@ _AT_LEAST = {
     "rm_n_layer": 1, "rm_n_head": 1, "rm_n_positions": 16, "rm_steps": 1,
     "eval_samples_per_prompt": 2, "eval_corpus_pairs": 1, "sample_batch_size": 1,
     "num_threads": 1, "num_processes": 1,
+    # Half of each cost-model batch from corpus reviews, half from policy samples.
+    "cost_model_steps": 0, "cost_model_batch_size": 2,
 }
-_POSITIVE = ("sft_lr", "rm_toy_lr", "rm_lr")
+_POSITIVE = ("sft_lr", "rm_toy_lr", "rm_lr", "cost_model_lr")
 
 
 def check_settings(cfg: ToyConfig) -> list[str]:
@@ -324,7 +342,7 @@ def _import_libraries() -> None:
         GPT2LMHeadModel,
     )
 
-    from red_cli.toy import corpus, train  # noqa: F401
+    from red_cli.toy import corpus, cost, train  # noqa: F401
     from red_cli.toy.judge import gold_scores  # noqa: F401
     from red_cli.toy.parallel import RMJob, run_rm_job  # noqa: F401
     from red_cli.toy.tokenizer import train_bpe, train_wordpiece  # noqa: F401
@@ -409,9 +427,11 @@ class _RMTraining:
         if self.remote:
             self.worker.send_samples(policy_prefs)
 
-    def train_local_and_wait(self, policy_prefs: list) -> dict[str, dict[str, Any]]:
+    def train_local_and_wait(self, policy_prefs: list, then: Callable[[], Any] | None
+                             ) -> tuple[dict[str, dict[str, Any]], Any]:
         """6. Reward models: `toy` here, the two others in the worker process when there
-        is one (this waits for them)."""
+        is one; then `then()` here (the cost model), before this waits for the worker.
+        Returns the RMs' results and what `then` returned (None without it)."""
         from red_cli.toy.parallel import run_rm_job
 
         try:
@@ -424,12 +444,13 @@ class _RMTraining:
                         self.pump()
 
                     self.results[name] = run_rm_job(job, on_step)
+            then_result = then() if then is not None else None
             while len(self.results) < len(self.jobs):
                 self.pump(block=True)
         finally:
             for b in self.bars.values():
                 b.close()
-        return self.results
+        return self.results, then_result
 
 
 def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
@@ -465,11 +486,15 @@ def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
     rms.send_samples(policy_prefs)
     prog.lap("samples")
 
-    results = rms.train_local_and_wait(policy_prefs)
+    train_cost_model = (functools.partial(_train_cost_model, cfg, out, data, samples, prog,
+                                          rms.pump) if cfg.cost_model_steps > 0 else None)
+    results, cost_result = rms.train_local_and_wait(policy_prefs, then=train_cost_model)
     prog.lap("reward_models")
 
     ppl = _val_perplexity(cfg, out, toks.bpe, [data.texts[i] for i in data.val_idx])
     rm_summary = _evaluate_rms(out, list(rms.jobs), eval_pairs, results)
+    cost_summary = (_evaluate_cost_model(out, eval_groups, cost_result)
+                    if cost_result is not None else None)
     prog.lap("evaluate")
 
     return _summary(
@@ -477,7 +502,7 @@ def _build_steps(cfg: ToyConfig, out: Path, progress: bool, start: float,
         samples=samples, rm_summary=rm_summary, rm_in_worker=rms.remote,
         corpus_groups=corpus_groups, policy_groups=policy_groups, corpus_prefs=corpus_prefs,
         policy_prefs=policy_prefs, label_flips=prefs.flips, eval_pairs=eval_pairs,
-        timings=prog.timings)
+        cost_summary=cost_summary, timings=prog.timings)
 
 
 def _make_corpus(cfg: ToyConfig, out: Path, prog: _Progress) -> _Corpus:
@@ -668,6 +693,49 @@ def _sample_groups(prompts: list[str], samples, gold: list[float], k: int) -> li
             for j, p in enumerate(prompts)]
 
 
+def _train_cost_model(cfg: ToyConfig, out: Path, data: _Corpus, samples: _PolicySamples,
+                      prog: _Progress, pump: Callable[[], None]) -> dict[str, Any]:
+    """6b. Cost model (cost_model_steps > 0), here after `toy`: the same model (GPT-2 from
+    the SFT policy, a fresh scalar head, policy BPE padded right) fitted by MSE to the gold
+    cost of whole texts, half of each batch SFT-split reviews, half the policy's samples of
+    RM-train prompts. Not centred: its score is in gold-cost units (hype words)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from red_cli.toy import train
+    from red_cli.toy.cost import gold_costs
+    from red_cli.toy.parallel import new_scalar_model
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    torch.manual_seed(cfg.seed + 13)
+    model = new_scalar_model("gpt2_from_policy", {}, str(out / "policy"))
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer_rm")
+    limit = model.config.max_position_embeddings
+    sample_texts = [p + r for p, r in zip(samples.train.prompts, samples.train.responses)]
+    sources = [([ids[:limit] for ids in tok(texts)["input_ids"]], gold_costs(texts))
+               for texts in (data.sft_texts, sample_texts)]
+    with prog.bar("cost model", cfg.cost_model_steps) as b:
+        bar_step = _loss_step(b)
+
+        def on_step(loss: float) -> None:
+            bar_step(loss)
+            pump()
+
+        loss = train.train_regression(model, sources, tok.pad_token_id, cfg.cost_model_steps,
+                                      cfg.cost_model_batch_size, cfg.cost_model_lr,
+                                      cfg.rm_warmup_steps, cfg.seed + 13, on_step)
+    model.save_pretrained(out / COST_MODEL_DIR)
+    tok.save_pretrained(out / COST_MODEL_DIR)
+    return {
+        "final_train_loss": loss,
+        "params": sum(t.numel() for t in model.parameters()),
+        "architecture": type(model).__name__,
+        "n_train": {"corpus": len(data.sft_texts), "sft": len(sample_texts)},
+        "train_seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
+    }
+
+
 def _eval_pairs(eval_groups: list, margin: float) -> list[tuple[str, str, float, str]]:
     """(text a, text b, gold a - gold b, source) of every within-group pair whose gold
     scores differ by at least `margin`."""
@@ -689,29 +757,40 @@ def _val_perplexity(cfg: ToyConfig, out: Path, bpe, val_texts: list[str]) -> flo
                             bpe.pad_token_id)
 
 
-def _evaluate_rms(out: Path, names: list[str], eval_pairs: list,
-                  results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each saved RM, loaded the way users load it: its held-out pairwise accuracy against
-    gold, score statistics and training results."""
+def _saved_scores(path: Path, texts: list[str]) -> dict[str, float]:
+    """text -> score of the model saved at `path`, loaded the way users load it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from red_cli.toy import train
 
+    return dict(zip(texts, train.score_texts(
+        AutoModelForSequenceClassification.from_pretrained(path),
+        AutoTokenizer.from_pretrained(path), texts)))
+
+
+def _pair_accuracy(scores: dict[str, float], eval_pairs: list) -> dict[str, float]:
+    """Fraction of `eval_pairs` that `scores` order as gold does: all, corpus, SFT-sample."""
+    hits: dict[str, list[bool]] = {"corpus": [], "sft": []}
+    for a, b, gold_diff, source in eval_pairs:
+        hits[source].append((scores[a] - scores[b] > 0) == (gold_diff > 0))
+    every = hits["corpus"] + hits["sft"]
+    return {
+        "accuracy": sum(every) / max(1, len(every)),
+        "accuracy_corpus_pairs": sum(hits["corpus"]) / max(1, len(hits["corpus"])),
+        "accuracy_sft_pairs": sum(hits["sft"]) / max(1, len(hits["sft"])),
+    }
+
+
+def _evaluate_rms(out: Path, names: list[str], eval_pairs: list,
+                  results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each saved RM, loaded the way users load it: its held-out pairwise accuracy against
+    gold, score statistics and training results."""
     eval_texts = sorted({t for a, b, _, _ in eval_pairs for t in (a, b)})
     rm_summary = {}
     for name in names:
-        path = out / RM_DIRS[name]
-        scores = dict(zip(eval_texts, train.score_texts(
-            AutoModelForSequenceClassification.from_pretrained(path),
-            AutoTokenizer.from_pretrained(path), eval_texts)))
-        hits: dict[str, list[bool]] = {"corpus": [], "sft": []}
-        for a, b, gold_diff, source in eval_pairs:
-            hits[source].append((scores[a] - scores[b] > 0) == (gold_diff > 0))
-        every = hits["corpus"] + hits["sft"]
+        scores = _saved_scores(out / RM_DIRS[name], eval_texts)
         rm_summary[name] = {
-            "accuracy": sum(every) / max(1, len(every)),
-            "accuracy_corpus_pairs": sum(hits["corpus"]) / max(1, len(hits["corpus"])),
-            "accuracy_sft_pairs": sum(hits["sft"]) / max(1, len(hits["sft"])),
+            **_pair_accuracy(scores, eval_pairs),
             "score_mean": sum(scores.values()) / max(1, len(scores)),
             "score_std": statistics.pstdev(scores.values()) if scores else 0.0,
             "pooling": "cls (position 0, <bos>)" if name == "toy_bidir" else "last real token",
@@ -721,13 +800,46 @@ def _evaluate_rms(out: Path, names: list[str], eval_pairs: list,
     return rm_summary
 
 
+def _evaluate_cost_model(out: Path, eval_groups: list,
+                         result: dict[str, Any]) -> dict[str, Any]:
+    """The saved cost model against the gold cost on the held-out groups (pairs of
+    held-out reviews, SFT samples of eval prompts): pairwise agreement on pairs whose gold
+    costs differ, mean absolute error and score statistics over all their texts."""
+    from red_cli.toy.cost import HYPE_WORDS, gold_costs
+
+    groups = [dataclasses.replace(g, golds=tuple(gold_costs([g.prompt + r for r in g.responses])))
+              for g in eval_groups]
+    pairs = _eval_pairs(groups, 1.0)
+    gold = {g.prompt + r: c for g in groups for r, c in zip(g.responses, g.golds)}
+    texts = sorted(gold)
+    scores = _saved_scores(out / COST_MODEL_DIR, texts)
+    return {
+        **_pair_accuracy(scores, pairs),
+        "n_pairs": {"corpus": sum(p[3] == "corpus" for p in pairs),
+                    "sft": sum(p[3] == "sft" for p in pairs)},
+        "n_texts": len(texts),
+        "mae": sum(abs(scores[t] - gold[t]) for t in texts) / len(texts),
+        "gold_cost_mean": sum(gold.values()) / len(texts),
+        "score_mean": sum(scores.values()) / len(texts),
+        "score_std": statistics.pstdev(scores.values()),
+        "hype_words": list(HYPE_WORDS),
+        "definition": (
+            "gold cost: whole-word occurrences of the hype words in prompt + response; "
+            "held-out pairs: two continuations of one held-out prompt (the RMs' held-out "
+            "groups) whose gold costs differ (by >= 1); correct when the cost model orders "
+            "them as the gold cost does; mae over every text of those groups"
+        ),
+        **result,
+    }
+
+
 def _summary(cfg: ToyConfig, *, data: _Corpus, toks: _Tokenizers, policy, sft_loss: float,
              ppl: float, samples: _PolicySamples, rm_summary: dict, rm_in_worker: list[str],
              corpus_groups: list, policy_groups: list, corpus_prefs: list,
              policy_prefs: list, label_flips: int, eval_pairs: list,
-             timings: dict[str, float]) -> dict[str, Any]:
+             cost_summary: dict[str, Any] | None, timings: dict[str, float]) -> dict[str, Any]:
     k_train, k_eval = cfg.rm_group_size, cfg.eval_samples_per_prompt
-    return {
+    summary = {
         "format_version": FORMAT_VERSION,
         "config": dataclasses.asdict(cfg),
         "corpus": {
@@ -779,6 +891,14 @@ def _summary(cfg: ToyConfig, *, data: _Corpus, toks: _Tokenizers, policy, sft_lo
         },
         "timings": timings,
     }
+    if cost_summary is not None:
+        from red_cli.toy.cost import gold_costs
+
+        costs = gold_costs([p + r for p, r in zip(samples.eval.prompts, samples.eval.responses)])
+        summary["sft_samples"]["gold_cost_mean"] = statistics.mean(costs)
+        summary["sft_samples"]["frac_gold_cost_positive"] = statistics.mean(c > 0 for c in costs)
+        summary["cost_model"] = cost_summary
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -798,6 +918,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"SFT samples (n={s['n']}): gold mean {s['gold_mean']:+.3f} std {s['gold_std']:.3f}, "
         f"{s['frac_positive']:.0%} positive, {s['frac_negative']:.0%} negative, "
         f"{s['mean_new_tokens']:.1f} new tokens, {s['frac_ended_with_eos']:.0%} end with eos",
+    ]
+    if "gold_cost_mean" in s:
+        lines.append(f"  gold cost (hype words) mean {s['gold_cost_mean']:.2f}, "
+                     f"{s['frac_gold_cost_positive']:.0%} have one or more")
+    lines += [
         f"reward models, held-out pairwise accuracy vs gold on {ev['n']} pairs "
         f"(|gold difference| >= {ev['margin']}; {ev['n_sft']} SFT-sample pairs, "
         f"{ev['n_corpus']} corpus pairs):",
@@ -809,6 +934,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{rm['params'] / 1e6:.2f}M params, {rm['tokenizer']}, pooled at {rm['pooling']}, "
             f"trained {rm['train_seconds']:.0f}s"
         )
+    if "cost_model" in summary:
+        cm, n = summary["cost_model"], summary["cost_model"]["n_pairs"]
+        lines.append(
+            f"cost model, held-out pairwise agreement with the gold cost on {n['sft']} SFT-sample "
+            f"+ {n['corpus']} corpus pairs: {cm['accuracy']:.3f} (sft "
+            f"{cm['accuracy_sft_pairs']:.3f}, corpus {cm['accuracy_corpus_pairs']:.3f}), MAE "
+            f"{cm['mae']:.3f} hype words, {cm['params'] / 1e6:.2f}M params, trained "
+            f"{cm['train_seconds']:.0f}s")
     stages = ("imports", "corpus", "tokenizers", "pairs", "sft", "samples", "reward_models",
               "evaluate")
     timings = ", ".join(f"{k} {summary['timings'][k]:.0f}s" for k in stages

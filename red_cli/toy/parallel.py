@@ -47,33 +47,40 @@ class RMJob:
     init_from: str | None = None
 
 
-def run_rm_job(job: RMJob, on_step: Callable[[float], None],
-               fetch_samples: Callable[[], list[GroupTexts]] | None = None) -> dict[str, Any]:
-    """Build, train (Bradley-Terry over preference groups) and save one RM + tokenizer.
-    `fetch_samples` provides the policy-sample groups when the job has none yet."""
-    import torch
+def new_scalar_model(arch: str, config: dict[str, Any], init_from: str | None = None):
+    """A sequence classifier with one output: "gpt2_from_policy" (the transformer of the
+    policy saved at `init_from`, a fresh scalar head), or "gpt2" / "bert" from scratch with
+    `config`. The head's initialisation draws from torch's global generator."""
     from transformers import (
-        AutoTokenizer,
         BertConfig,
         BertForSequenceClassification,
         GPT2Config,
         GPT2ForSequenceClassification,
     )
 
+    if arch == "gpt2_from_policy":
+        # Transformer weights from the SFT policy, a fresh scalar head (RMs start from SFT).
+        return GPT2ForSequenceClassification.from_pretrained(init_from, num_labels=1,
+                                                             use_cache=False)
+    if arch == "gpt2":
+        return GPT2ForSequenceClassification(GPT2Config(**config))
+    if arch == "bert":
+        return BertForSequenceClassification(BertConfig(**config))
+    raise ValueError(f"unknown RM architecture {arch!r}")
+
+
+def run_rm_job(job: RMJob, on_step: Callable[[float], None],
+               fetch_samples: Callable[[], list[GroupTexts]] | None = None) -> dict[str, Any]:
+    """Build, train (Bradley-Terry over preference groups) and save one RM + tokenizer.
+    `fetch_samples` provides the policy-sample groups when the job has none yet."""
+    import torch
+    from transformers import AutoTokenizer
+
     from red_cli.toy.train import train_preference_groups
 
     wall, cpu = time.perf_counter(), time.process_time()
     torch.manual_seed(job.seed)
-    if job.arch == "gpt2_from_policy":
-        # Transformer weights from the SFT policy, a fresh scalar head (RMs start from SFT).
-        model = GPT2ForSequenceClassification.from_pretrained(job.init_from, num_labels=1,
-                                                              use_cache=False)
-    elif job.arch == "gpt2":
-        model = GPT2ForSequenceClassification(GPT2Config(**job.config))
-    elif job.arch == "bert":
-        model = BertForSequenceClassification(BertConfig(**job.config))
-    else:
-        raise ValueError(f"unknown RM architecture {job.arch!r}")
+    model = new_scalar_model(job.arch, job.config, job.init_from)
     tok = AutoTokenizer.from_pretrained(job.tokenizer_dir)
     limit = model.config.max_position_embeddings
 

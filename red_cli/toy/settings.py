@@ -66,6 +66,12 @@ class ToyConfig:
     rm_steps: int = 800
     rm_lr: float = 3e-3
 
+    # Cost model `toy:cost_model` (conf/toy/safe.yaml): GPT-2 initialised from the SFT policy
+    # like `toy`, fitted (MSE) to the gold cost of red_cli/toy/cost.py. 0 steps: none.
+    cost_model_steps: int = 0
+    cost_model_lr: float = 1e-3
+    cost_model_batch_size: int = 64  # texts per step: half corpus reviews, half policy samples
+
     # Evaluation (held-out prompts and reviews only).
     eval_samples_per_prompt: int = 4  # policy samples per eval prompt; every pair counts
     eval_corpus_pairs: int = 1000  # same-prefix pairs of held-out reviews

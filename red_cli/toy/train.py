@@ -1,4 +1,5 @@
-"""Training loops of the toy build: the SFT language model, sampling, Bradley-Terry RMs.
+"""Training loops of the toy build: the SFT language model, sampling, Bradley-Terry RMs,
+the cost model's regression.
 
 Everything here takes flat arguments and plain token-id lists; `build.py` decides what to
 train on. Batches are drawn with a seeded `torch.Generator` in one process, so the same
@@ -282,6 +283,31 @@ def train_preference_groups(model, first: Sequence[EncodedGroup],
         pair_losses = -F.logsigmoid(scores[:, :, None] - scores[:, None, :]) * pref
         loss = (pair_losses.sum() / pref.sum().clamp(min=1.0)
                 + center_coef * scores.mean(dim=1).pow(2).mean())
+        losses.append(_optimizer_step(model, loss, opt, sched))
+        on_step(losses[-1])
+    model.eval()
+    return _tail_mean(losses)
+
+
+def train_regression(model, sources: Sequence[tuple[Sequence[Sequence[int]], Sequence[float]]],
+                     pad_id: int, steps: int, batch_size: int, lr: float, warmup: int, seed: int,
+                     on_step: Callable[[float], None]) -> float:
+    """Mean squared error of each text's score (the model's scalar at its last real token)
+    onto its target. `sources` are (token ids, targets) pairs; every batch draws an equal
+    share of its `batch_size` texts from each. Returns the mean loss of the last 10% of
+    steps."""
+    model.train()
+    opt, sched = _optimizer(model, lr, warmup, steps)
+    generator = torch.Generator().manual_seed(seed)
+    share = max(1, batch_size // len(sources))
+    draws = [(ids, targets, _Batches([len(s) for s in ids], share, generator))
+             for ids, targets in sources]
+    losses = []
+    for _ in range(steps):
+        picked = [(ids[i], targets[i]) for ids, targets, batches in draws for i in batches.next()]
+        ids, mask = pad_batch([s for s, _ in picked], pad_id)
+        scores = model(input_ids=ids, attention_mask=mask).logits[:, 0]
+        loss = F.mse_loss(scores, torch.tensor([t for _, t in picked], dtype=scores.dtype))
         losses.append(_optimizer_step(model, loss, opt, sched))
         on_step(losses[-1])
     model.eval()
