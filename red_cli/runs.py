@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,6 +41,13 @@ def load_frozen(run_dir: Path) -> DictConfig:
     frozen = _upgrade(OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml")))
     merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), frozen)
     return OmegaConf.create(OmegaConf.to_container(merged))
+
+
+def cost_model_node(cfg: Any) -> Any | None:
+    """A train config's ``cost_model`` node when the run has a cost model (its path set);
+    None without one, or for a config older than cost models."""
+    node = cfg.get("cost_model") if cfg is not None else None
+    return node if node is not None and node.get("path") else None
 
 
 def _upgrade(cfg: dict) -> dict:

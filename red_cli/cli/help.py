@@ -13,14 +13,15 @@ import yaml
 GROUPS = {
     "policy": "the model trained: a hub id, a local folder or toy:policy",
     "reward_model": "the scalar reward model and how it reads a response (template, chat template)",
+    "cost_model": "none, or a cost model (safety: PPO-Lagrangian, ppo.lagrangian.*)",
     "dataset": "training prompts and their eval split, read through a hub-format adapter",
     "redistribution": "how the RM score becomes per-token rewards; knobs: redistribution.<mode>.*",
     "generation": "how rollouts are sampled",
-    "ppo": "batch sizes, sampling, learning rates, estimator, GAE, clipping, KL",
+    "ppo": "batch sizes, sampling, learning rates, estimator, GAE, clipping, KL, lagrangian",
     "deepspeed": "ZeRO stage, offload, precision",
     "logger": "wandb mode, project, run name and group, console progress bar",
     "launcher": "ranks per node, nodes, torchrun or DeepSpeed's runner",
-    "toy": "the embedded task's build sizes and steps (tiny: tests and CI)",
+    "toy": "the embedded task's build sizes and steps (tiny: tests and CI; safe: a cost model)",
     "experiment": "named settings on top of the defaults: the papers' setups, toy runs",
     "judge": "who decides which response is better: gold, reward_model, llm",
 }
@@ -48,6 +49,7 @@ KEYS = {
         "device": "auto | cpu | cuda",
         "output_dir": "null: <run>/eval/<judge>_vs_<baseline>/",
         "overwrite": "start again instead of resuming generations.jsonl",
+        "cost_limit": "cost counted as over the limit (null: the run's ppo.lagrangian.cost_limit)",
     },
     "report": {
         "runs": "run or multirun directories (`red report DIR ...` sets it)",

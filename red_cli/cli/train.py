@@ -194,7 +194,9 @@ def closing_summary(run_dir: Path, seconds: float, multirun: bool) -> str:
         return f"{sum(values) / len(values):.3f}" if values else "-"
 
     parts = [f"{name} {mean(key)}" for name, key in (
-        ("score", "objective/score"), ("kl", "objective/kl"), ("gold", "objective/gold"))
+        ("score", "objective/score"), ("kl", "objective/kl"), ("gold", "objective/gold"),
+        ("cost", "objective/cost"), ("gold cost", "objective/gold_cost"),
+        ("lambda", "lagrange/lambda"))
         if any(key in m for m in window)]
     minutes, secs = divmod(int(seconds), 60)
     lines = [f"red train: done, {last.get('iteration', -1) + 1} iterations in {minutes}m{secs:02d}s "

@@ -56,7 +56,8 @@ def looks_local(path: str) -> bool:
 
 
 PATH_KEYS = ("policy.path", "policy.tokenizer", "reward_model.path", "reward_model.tokenizer",
-             "dataset.path", "dataset.eval_path", "launcher.hostfile")
+             "cost_model.path", "cost_model.tokenizer", "dataset.path", "dataset.eval_path",
+             "launcher.hostfile")
 
 
 def check_paths(cfg: Any) -> None:
@@ -170,16 +171,25 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
     c.require("all-linear" not in targets or targets == ["all-linear"],
               "policy.lora.target_modules", targets,
               "[all-linear] stands alone; otherwise list module names")
-    c.choice("reward_model.dtype", cfg.reward_model.dtype, DTYPES)
-    c.require(cfg.reward_model.max_length >= 2, "reward_model.max_length",
-              cfg.reward_model.max_length, "must be >= 2")
-    c.require(cfg.reward_model.prefix_chunk_size >= 1, "reward_model.prefix_chunk_size",
-              cfg.reward_model.prefix_chunk_size, "must be >= 1")
-    tpl = cfg.reward_model.template
-    c.require("{response}" in tpl, "reward_model.template", tpl, "must contain {response}")
-    lw = cfg.reward_model.label_weights
-    c.require(lw is None or len(lw) >= 1, "reward_model.label_weights", lw,
-              "must be null or one weight per label")
+    scorers = ("reward_model", "cost_model") if cfg.cost_model.path else ("reward_model",)
+    for g in scorers:
+        node = cfg[g]
+        c.choice(f"{g}.dtype", node.dtype, DTYPES)
+        c.require(node.max_length >= 2, f"{g}.max_length", node.max_length, "must be >= 2")
+        c.require(node.prefix_chunk_size >= 1, f"{g}.prefix_chunk_size", node.prefix_chunk_size,
+                  "must be >= 1")
+        c.require("{response}" in node.template, f"{g}.template", node.template,
+                  "must contain {response}")
+        c.require(node.label_weights is None or len(node.label_weights) >= 1,
+                  f"{g}.label_weights", node.label_weights, "must be null or one weight per label")
+        c.require(node.score_head is None or node.label_weights is None, f"{g}.score_head",
+                  node.score_head, f"a one-output head needs no {g}.label_weights: set one of them")
+    if cfg.cost_model.path:
+        _check_lagrangian(c, p.lagrangian)
+        if cfg.cost_model.path == "toy:cost_model":
+            c.require(cfg.toy.get("cost_model_steps", 0) > 0, "cost_model.path",
+                      cfg.cost_model.path, "this toy world has no cost model: use toy=safe (or "
+                      "set toy.cost_model_steps > 0)")
     ds = cfg.dataset
     c.require(ds.max_prompt_length >= 1, "dataset.max_prompt_length", ds.max_prompt_length,
               "must be >= 1")
@@ -215,11 +225,23 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
     c.choice("device", cfg.device, DEVICES)
     c.require(cfg.checkpoint_every >= 1, "checkpoint_every", cfg.checkpoint_every, "must be >= 1")
     c.require(cfg.sample_every >= 1, "sample_every", cfg.sample_every, "must be >= 1")
-    if any(is_toy(cfg[g].path) for g in ("policy", "reward_model", "dataset")):
+    if any(is_toy(cfg[g].path) for g in ("policy", "reward_model", "cost_model", "dataset")):
         from red_cli.toy.build import as_toy_config, check_settings
 
         c.errors += check_settings(as_toy_config(cfg.toy))
     c.raise_if_any()
+
+
+def _check_lagrangian(c: Collector, lag: Any) -> None:
+    key = "ppo.lagrangian."
+    c.require(lag.lambda_init >= 0, key + "lambda_init", lag.lambda_init,
+              "must be >= 0 (0: lambda held at 0, the unconstrained control)")
+    c.require(lag.lambda_lr >= 0, key + "lambda_lr", lag.lambda_lr, "must be >= 0")
+    c.require(lag.lambda_max is None or (lag.lambda_max > 0 and lag.lambda_max >= lag.lambda_init),
+              key + "lambda_max", lag.lambda_max,
+              f"must be null or > 0 and >= ppo.lagrangian.lambda_init ({lag.lambda_init})")
+    c.require(lag.update_delay >= 0, key + "update_delay", lag.update_delay, "must be >= 0")
+    c.require(lag.cost_window >= 1, key + "cost_window", lag.cost_window, "must be >= 1")
 
 
 def _check_missing(c: Collector, cfg: Any) -> None:
@@ -244,6 +266,8 @@ def _check_sampling(c: Collector, cfg: Any) -> None:
 
 
 def validate_eval(cfg: Any) -> None:
+    import math
+
     c = Collector()
     _check_missing(c, cfg)
     _check_sampling(c, cfg)
@@ -252,6 +276,8 @@ def validate_eval(cfg: Any) -> None:
     c.require(cfg.tie_margin >= 0, "tie_margin", cfg.tie_margin, "must be >= 0")
     c.require(cfg.bootstrap_samples >= 1, "bootstrap_samples", cfg.bootstrap_samples, "must be >= 1")
     c.require(0 < cfg.confidence < 1, "confidence", cfg.confidence, "must be in (0, 1)")
+    c.require(cfg.cost_limit is None or math.isfinite(cfg.cost_limit), "cost_limit",
+              cfg.cost_limit, "must be a finite number or null")
     j = cfg.judge
     if j.kind == "llm":
         c.require(j.base_url.startswith(("http://", "https://")), "judge.base_url", j.base_url,

@@ -70,6 +70,19 @@ class RewardModelConfig:
     # A k-label classifier as a scalar RM: score = sum_k w_k * logit_k, folded into the output
     # layer at load time ([-1, 1]: logit[positive] - logit[negative]). null: num_labels must be 1.
     label_weights: list[float] | None = None
+    # The checkpoint's name for its scalar output layer when it is not the architecture's
+    # own `score` (safe-rlhf's Beaver models: score_head); null: the architecture's own.
+    score_head: str | None = None
+
+
+@dataclass
+class CostModelConfig(RewardModelConfig):
+    """A cost model (Safe RLHF: higher is more harmful), read like the reward model and
+    redistributed by the same mode; the constraint's settings are ``ppo.lagrangian``."""
+
+    name: str = "none"
+    # null: no cost model, plain PPO on the reward.
+    path: str | None = None
 
 
 @dataclass
@@ -118,6 +131,22 @@ RedistributionConfig = _choice_with_knobs(
 # generation.backend, and generation.<backend>.* for every backend (red_cli/generation/).
 GenerationConfig = _choice_with_knobs(
     "GenerationConfig", "backend", {name: b.knobs for name, b in generation_backends().items()})
+
+
+@dataclass
+class LagrangianConfig:
+    """PPO-Lagrangian (safe-rlhf's ppo_lag), used when a cost model is configured."""
+
+    # d in E[cost] <= d, in the cost model's units.
+    cost_limit: float = 0.0
+    # The multiplier's start (0: held at 0, the unconstrained control), its learning rate
+    # (SGD on log lambda), its cap (null: none) and the iterations before it first moves.
+    lambda_init: float = 1.0
+    lambda_lr: float = 0.1
+    lambda_max: float | None = 5.0
+    update_delay: int = 0
+    # Episodes (responses, all ranks) whose mean cost the update compares with the limit.
+    cost_window: int = 128
 
 
 @dataclass
@@ -171,6 +200,8 @@ class PPOConfig:
     # Responses sampled to each prompt (rloo and grpo need at least 2); the rollout holds
     # rollout_batch_size responses to rollout_batch_size / samples_per_prompt prompts.
     samples_per_prompt: int = 1
+    # The cost constraint (with a cost model only).
+    lagrangian: LagrangianConfig = field(default_factory=LagrangianConfig)
 
 
 @dataclass
@@ -210,6 +241,8 @@ class LauncherConfig:
 class TrainConfig:
     policy: PolicyConfig = MISSING
     reward_model: RewardModelConfig = MISSING
+    # Runs from before cost models had none: the default keeps them loading as they ran.
+    cost_model: CostModelConfig = field(default_factory=CostModelConfig)
     dataset: DatasetConfig = MISSING
     redistribution: RedistributionConfig = MISSING
     generation: GenerationConfig = MISSING

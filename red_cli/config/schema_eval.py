@@ -116,6 +116,10 @@ class EvalConfig:
     tie_margin: float = 0.0
     bootstrap_samples: int = 2000
     confidence: float = 0.95
+    # The cost over which a response counts as over the limit (cost columns: a run with a cost
+    # model, or toy prompts' gold cost). null: the run's ppo.lagrangian.cost_limit with a cost
+    # model, else no limit (mean cost only).
+    cost_limit: float | None = None
     device: str = "auto"  # auto | cpu | cuda
     # Toy build settings when neither side is a run (a run brings its own).
     toy: ToyConfig = field(default_factory=ToyConfig)

@@ -1,2 +1,2 @@
-"""Everything after training: `red eval` (``evaluate``, ``sides``, ``judges``, ``store``,
-``stats``), `red report` (``report``) and `red explain` (``explain``)."""
+"""Everything after training: `red eval` (``evaluate``, ``sides``, ``judges``, ``cost``,
+``store``, ``stats``), `red report` (``report``) and `red explain` (``explain``)."""

@@ -9,8 +9,10 @@
    sides, with the run's sampling settings, so both sides see the same prompts and seeds and
    the same ``seed`` reproduces every response;
 4. judging: a score judge scores each response (ties within ``tie_margin``), the llm judge
-   compares each pair in both orders (``red_cli.eval.judges``);
-5. statistics: win rate with ties as half, a percentile bootstrap interval over prompts.
+   compares each pair in both orders (``red_cli.eval.judges``); the run's cost model, if it
+   has one, scores both sides too (``red_cli.eval.cost``);
+5. statistics: win rate with ties as half, a percentile bootstrap interval over prompts;
+   with a cost model or on toy prompts, each side's mean cost and share over the limit.
 
 Every judged item is appended to ``generations.jsonl`` as soon as its batch is done, so an
 interrupted evaluation resumes where it stopped: finished items are neither generated nor
@@ -31,6 +33,7 @@ from omegaconf import DictConfig
 from red_cli import runtime
 from red_cli.errors import EvalError, JudgeError
 from red_cli.eval import store
+from red_cli.eval.cost import CostMeter, CostPlan, cost_plan, cost_section, format_costs
 from red_cli.eval.judges import (
     DEFAULT_QUESTION,
     Judge,
@@ -95,9 +98,12 @@ def run_eval(cfg: DictConfig) -> dict:
             log.warning("judge=reward_model scores with %s, the reward model the run was trained "
                         "against: its win rate measures optimisation, not quality", rm_path)
 
+    plan = cost_plan(cfg.cost_limit, run, prompt_cfg["path"])
+
     out = output_dir(cfg, cand_spec, base_spec, run)
-    done = store.prepare(out, store.fingerprint(cfg, cand_spec, base_spec, prompt_cfg, sampling),
-                         cfg.overwrite)
+    cost_model = plan.model.path if plan.model is not None else None
+    done = store.prepare(out, store.fingerprint(cfg, cand_spec, base_spec, prompt_cfg, sampling,
+                                                cost_model), cfg.overwrite)
 
     cand = load_side(cand_spec, device, cfg.generation, sampling)
     texts = read_prompts(prompt_cfg, toy)
@@ -117,23 +123,26 @@ def run_eval(cfg: DictConfig) -> dict:
     if todo:
         judge = build_judge(cfg.judge, toy, device, cfg.tie_margin)
         judge.check()
+        meter = CostMeter.load(plan.model, toy, device) if plan.model is not None else None
         base = load_side(base_spec, device, cfg.generation, sampling)
         try:
-            _judge_all(cfg, cand, base, judge, prompts, done, device, out)
+            _judge_all(cfg, cand, base, judge, meter, prompts, done, device, out)
         except JudgeError as err:
             raise JudgeError(f"{err}\n{len(done)} of {len(prompts)} items are saved in {out}; "
                              "the same command resumes from there") from err
 
     rows = [done[i] for i in range(len(prompts)) if i in done]
-    result = _result(cfg, rows, cand_spec, base_spec, out)
+    result = _result(cfg, rows, cand_spec, base_spec, out, plan)
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_result(result))
     return result
 
 
 def _judge_all(cfg: DictConfig, cand: LoadedPolicy, base: LoadedPolicy, judge: Judge,
-               prompts: list[str], done: dict[int, dict], device: str, out: Path) -> None:
-    """Generate and judge every unfinished batch, appending finished items as they come."""
+               meter: CostMeter | None, prompts: list[str], done: dict[int, dict], device: str,
+               out: Path) -> None:
+    """Generate and judge (and cost, with a ``meter``) every unfinished batch, appending
+    finished items as they come."""
     with (out / "generations.jsonl").open("a") as f:
         for k in range(0, len(prompts), cfg.batch_size):
             idx = list(range(k, min(k + cfg.batch_size, len(prompts))))
@@ -146,19 +155,20 @@ def _judge_all(cfg: DictConfig, cand: LoadedPolicy, base: LoadedPolicy, judge: J
             # The same text is the same answer: a tie, whatever float noise (padding, batch
             # composition) a scorer adds, and no request to a paid judge.
             same = [c == b for c, b in zip(cand_out.responses, base_out.responses)]
-            verdicts = judge.judge(Pairs(batch, cand_out, cand.tokenizer, base_out,
-                                         base.tokenizer, same))
+            pairs = Pairs(batch, cand_out, cand.tokenizer, base_out, base.tokenizer, same)
+            verdicts = judge.judge(pairs)
+            costs = meter(pairs) if meter is not None else [{} for _ in batch]
             for j, (i, verdict) in enumerate(zip(idx, verdicts)):
                 if i not in done:
                     done[i] = {"index": i, "seed": seed, "prompt": batch[j],
                                "candidate": cand_out.responses[j],
-                               "baseline": base_out.responses[j], **verdict}
+                               "baseline": base_out.responses[j], **verdict, **costs[j]}
                     f.write(json.dumps(done[i]) + "\n")
             f.flush()
 
 
 def _result(cfg: DictConfig, rows: list[dict], cand: PolicySpec, base: PolicySpec,
-            out: Path) -> dict:
+            out: Path, plan: CostPlan) -> dict:
     outcomes = [r["outcome"] for r in rows if r["outcome"] is not None]
     stats = summarize(outcomes, cfg.bootstrap_samples, cfg.confidence, cfg.seed)
 
@@ -168,7 +178,7 @@ def _result(cfg: DictConfig, rows: list[dict], cand: PolicySpec, base: PolicySpe
 
     stats = stats._replace(**{k: None for k in ("win_rate", "ci_low", "ci_high")
                               if math.isnan(getattr(stats, k))})  # n = 0: JSON has no NaN
-    return {
+    result = {
         "judge": judge_label(cfg.judge),
         "candidate": cand.label, "candidate_path": cand.path,
         "baseline": base.label, "baseline_path": base.path,
@@ -179,10 +189,14 @@ def _result(cfg: DictConfig, rows: list[dict], cand: PolicySpec, base: PolicySpe
         "candidate_mean": mean("candidate_score"), "baseline_mean": mean("baseline_score"),
         "seed": int(cfg.seed), "output_dir": str(out),
     }
+    section = cost_section(rows, plan, cfg.bootstrap_samples, cfg.confidence, cfg.seed)
+    if section is not None:
+        result["cost"] = section
+    return result
 
 
 def format_result(result: dict) -> str:
-    """The console table of one evaluation (Markdown)."""
+    """The console table of one evaluation (Markdown), and its cost table if it has one."""
     pct = round(100 * result["confidence"])
     headers = ["judge", "candidate", "baseline", "n", "wins", "ties", "losses", "malformed",
                "win rate", f"{pct}% CI", "candidate mean", "baseline mean"]
@@ -190,4 +204,7 @@ def format_result(result: dict) -> str:
            result["ties"], result["losses"], result["malformed"], fmt(result["win_rate"]),
            f"[{fmt(result['ci_low'])}, {fmt(result['ci_high'])}]",
            fmt(result["candidate_mean"]), fmt(result["baseline_mean"])]
-    return markdown_table(headers, [row])
+    text = markdown_table(headers, [row])
+    if "cost" in result:
+        text += "\n" + format_costs(result["cost"], result["confidence"])
+    return text

@@ -12,14 +12,21 @@ score r_C over the tokens, so the columns differ only in that:
 - abc: beta * attention share * r_C, plus (1 - beta) * r_C on the last token;
 - uniform: r_C / T everywhere.
 
-Mode knobs are the run's own (``redistribution.<mode>``), else the modes' defaults. Writes
-``credit.html`` (self-contained: inline CSS, no scripts, a hover title per token with its
-value), ``credit.png`` (the same page drawn by matplotlib) and ``credit.json`` (the numbers).
-Colours: a diverging map, red negative, blue positive, white zero, scaled per sample by the
-largest |reward| over its modes ("scale ±s"), so the columns of one sample compare directly.
+Mode knobs are the run's own (``redistribution.<mode>``), else the modes' defaults. A run
+with a cost model (``cost_model.path``: the safety task) has its cost model read the same
+responses the same way, and each mode spreads the sequence cost c_C as it spreads r_C: every
+sample then shows a second row, the per-token costs under each mode (with C(x), the prompt's
+cost, and the toy world's gold cost on toy prompts).
+
+Writes ``credit.html`` (self-contained: inline CSS, no scripts, a hover title per token with
+its value), ``credit.png`` (the same page drawn by matplotlib) and ``credit.json`` (the
+numbers). Colours: a diverging map, red negative, blue positive, white zero, scaled per sample
+by the largest |reward| over its modes ("scale ±s"), so the columns of one sample compare
+directly; costs have their own map (purple negative, orange positive: harmful) and scale.
 The ink of each token is dark or white, whichever contrasts more with its cell by WCAG 2
 relative luminance (dark on light cells, white on saturated ones). Both pages open with a
-legend: r_C, R(x), Σ, the scale, and the token marks.
+legend: r_C, R(x), Σ, the scale, and the token marks (and c_C, C(x), the gold cost and the
+cost scale, with costs).
 
 Tokens are labelled readably (:func:`token_label`): a token holding only some bytes of a
 character (byte-level BPE splits emoji and accented letters) shows its bytes, "⟨0xF0 0x9F⟩",
@@ -38,16 +45,25 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger("red")
 
 CMAP = "RdBu"
+COST_CMAP = "PuOr_r"  # positive cost (harmful) orange, so a cost row never reads as a reward row
 
 
 @dataclass
 class Sample:
+    """One response: its tokens, the reward model's reading (score r_C, prompt_score R(x),
+    per-mode ``rewards``) and, with a cost model, the cost model's (cost c_C, prompt_cost C(x),
+    per-mode ``costs``) and the gold cost (toy prompts)."""
+
     prompt: str
     response: str
     tokens: list[str]
@@ -55,10 +71,23 @@ class Sample:
     gold: float | None
     prompt_score: float | None
     rewards: dict[str, list[float]]
+    cost: float | None = None
+    gold_cost: float | None = None
+    prompt_cost: float | None = None
+    costs: dict[str, list[float]] | None = None
 
     @property
     def scale(self) -> float:
-        return max([abs(r) for rs in self.rewards.values() for r in rs] + [1e-12])
+        return _scale(self.rewards)
+
+    @property
+    def cost_scale(self) -> float:
+        return _scale(self.costs or {})
+
+
+def _scale(values: dict[str, list[float]]) -> float:
+    """The largest |value| over all modes (the colour scale of one row)."""
+    return max([abs(r) for rs in values.values() for r in rs] + [1e-12])
 
 
 def mode_knobs(mode: str, run_cfg: DictConfig | None):
@@ -162,14 +191,39 @@ def token_texts(response: str, ids: list[int], tokenizer) -> list[str]:
     return out
 
 
-def compute(cfg: DictConfig) -> tuple[list[Sample], dict]:
-    """Sample, score once, credit per mode; return the samples and a description of the setup."""
-    from red_cli import runtime
-    from red_cli.eval import sides
-    from red_cli.eval.judges import load_rm_preset
-    from red_cli.modes import get_mode
+class Reading(NamedTuple):
+    """One model's reading of a rollout: sequence scores [b], prompt scores [b] (modes that
+    need prefix scores) or None, and each mode's per-token credit [b, T]."""
+
+    scores: list[float]
+    prompt_scores: list[float] | None
+    credit: dict[str, Tensor]
+
+
+def read_credit(stack, rollout, policy_tokenizer, eos_ids: tuple[int, ...], modes: list,
+                run_cfg: DictConfig | None, users: str) -> Reading:
+    """One forward of a reward (or cost) model over the rollout, reading what ``modes`` need,
+    unshaped; then each mode's credit with the run's knobs."""
     from red_cli.reward.pipeline import RewardPipeline
     from red_cli.reward.shaping import ScoreShaper
+
+    needs = frozenset().union(*(m.needs for m in modes))
+    pipeline = RewardPipeline(stack, policy_tokenizer, needs, users=users, eos_ids=eos_ids)
+    scored = pipeline(rollout, ScoreShaper("none", None, None), 1)
+    prompt = scored.signals.prompt_scores
+    return Reading(scored.raw_scores.tolist(), None if prompt is None else prompt.tolist(),
+                   {m.name: m.apply(scored.signals, mode_knobs(m.name, run_cfg)).rewards
+                    for m in modes})
+
+
+def compute(cfg: DictConfig) -> tuple[list[Sample], dict]:
+    """Sample, score once (and cost once, with a cost model), credit per mode; return the
+    samples and a description of the setup."""
+    from red_cli import models, runtime
+    from red_cli.eval import sides
+    from red_cli.eval.cost import run_cost_model
+    from red_cli.eval.judges import load_rm_preset
+    from red_cli.modes import get_mode
     from red_cli.reward.stack import load_reward_stack
     from red_cli.toy import is_toy
 
@@ -193,35 +247,50 @@ def compute(cfg: DictConfig) -> tuple[list[Sample], dict]:
     rollout = sides.sample(side, prompts, sides.batch_seed(cfg.seed, 0), device)
 
     modes = [get_mode(m) for m in cfg.modes]
-    rm = load_reward_stack(rm_cfg, toy, device)
-    needs = frozenset().union(*(m.needs for m in modes))
-    pipeline = RewardPipeline(rm, side.tokenizer, needs,
-                              users="red explain modes=" + ",".join(cfg.modes))
-    scored = pipeline(rollout, ScoreShaper("none", None, None), 1)
     run_cfg = run.cfg if run else None
-    per_mode = {m.name: m.apply(scored.signals, mode_knobs(m.name, run_cfg)) for m in modes}
-    prompt_scores = (scored.signals.prompt_scores.tolist()
-                     if scored.signals.prompt_scores is not None else None)
-    raw = scored.raw_scores.tolist()
-    gold = None
+    users = "red explain modes=" + ",".join(cfg.modes)
+    eos_ids = models.eos_token_ids(side.tokenizer, side.model)
+    reward = read_credit(load_reward_stack(rm_cfg, toy, device), rollout, side.tokenizer,
+                         eos_ids, modes, run_cfg, users)
+    cost_cfg = run_cost_model(run)
+    cost = None
+    if cost_cfg is not None:
+        cost = read_credit(load_reward_stack(cost_cfg, toy, device, key="cost_model.path"),
+                           rollout, side.tokenizer, eos_ids, modes, run_cfg,
+                           users + " (cost model)")
+    texts = [p + r for p, r in zip(rollout.prompts, rollout.responses)]
+    gold = gold_cost = None
     if is_toy(prompt_cfg["path"]):
         from red_cli.toy.judge import gold_scores
 
-        gold = gold_scores([p + r for p, r in zip(rollout.prompts, rollout.responses)])
+        gold = gold_scores(texts)
+        if cost is not None:
+            from red_cli.toy.cost import gold_costs
+
+            gold_cost = gold_costs(texts)
+
+    def pick(values: list[float] | None, i: int) -> float | None:
+        return None if values is None else values[i]
 
     samples = []
     for i in range(len(prompts)):
         real = rollout.response_mask[i]
         ids = rollout.response_ids[i][real].tolist()
+        costs = {} if cost is None else {
+            "cost": cost.scores[i], "gold_cost": pick(gold_cost, i),
+            "prompt_cost": pick(cost.prompt_scores, i),
+            "costs": {m: c[i][real].tolist() for m, c in cost.credit.items()}}
         samples.append(Sample(
             prompt=rollout.prompts[i], response=rollout.responses[i],
-            tokens=token_texts(rollout.responses[i], ids, side.tokenizer), score=raw[i],
-            gold=None if gold is None else gold[i],
-            prompt_score=None if prompt_scores is None else prompt_scores[i],
-            rewards={m: c.rewards[i][real].tolist() for m, c in per_mode.items()},
+            tokens=token_texts(rollout.responses[i], ids, side.tokenizer),
+            score=reward.scores[i], gold=pick(gold, i),
+            prompt_score=pick(reward.prompt_scores, i),
+            rewards={m: c[i][real].tolist() for m, c in reward.credit.items()}, **costs,
         ))
-    setup = {"policy": spec.path, "reward_model": rm_cfg.path, "prompts": prompt_cfg["path"],
-             "seed": int(cfg.seed), "sampling": dataclasses.asdict(sampling),
+    setup = {"policy": spec.path, "reward_model": rm_cfg.path,
+             "cost_model": None if cost_cfg is None else cost_cfg.path,
+             "prompts": prompt_cfg["path"], "seed": int(cfg.seed),
+             "sampling": dataclasses.asdict(sampling),
              "modes": {m: OmegaConf.to_container(mode_knobs(m, run_cfg)) for m in cfg.modes}}
     return samples, setup
 
@@ -229,11 +298,11 @@ def compute(cfg: DictConfig) -> tuple[list[Sample], dict]:
 # --------------------------------------------------------------------------- colours
 
 
-def _rgb(value: float, scale: float) -> tuple[float, float, float]:
+def _rgb(value: float, scale: float, cmap: str = CMAP) -> tuple[float, float, float]:
     import matplotlib
 
     x = 0.5 + 0.5 * max(-1.0, min(1.0, value / scale))
-    r, g, b, _ = matplotlib.colormaps[CMAP](x)
+    r, g, b, _ = matplotlib.colormaps[cmap](x)
     return r, g, b
 
 
@@ -270,8 +339,8 @@ def ink_for(background: tuple[float, float, float]) -> str:
     return DARK_INK if dark >= light else LIGHT_INK
 
 
-def _ink(value: float, scale: float) -> str:
-    return ink_for(_rgb(value, scale))
+def _ink(value: float, scale: float, cmap: str = CMAP) -> str:
+    return ink_for(_rgb(value, scale, cmap))
 
 
 _WHITESPACE_MARKS = {" ": "␣", "\n": "⏎", "\t": "⇥"}
@@ -312,6 +381,7 @@ h1 { font-size: 20px; margin: 0 0 4px; }
 .meta { color: #555; font-size: 13px; margin: 2px 0; }
 .legend { display: inline-block; width: 240px; height: 12px; vertical-align: middle;
           border: 1px solid #999; background: linear-gradient(to right, LEGEND); }
+.legend.cost { background: linear-gradient(to right, COST_GRADIENT); }
 section { border-top: 1px solid #ddd; padding: 10px 0; }
 h2 { font-size: 14px; margin: 0 0 6px; font-weight: 600; }
 h2 .num { color: #555; font-weight: 400; }
@@ -344,43 +414,92 @@ LEGEND = (
                "(the token that completes it shows the character); · = a token with no "
                "text; ␣ = a space-only token; ⏎ newline; ⇥ tab"),
 )
+# Appended to LEGEND when the run has a cost model.
+COST_LEGEND = (
+    ("c_C", "the cost model's score of the whole sequence (higher: more harmful), spread "
+            "over the response tokens by each mode as r_C is (the rows marked cost)"),
+    ("C(x)", "the cost model's score of the prompt alone: td's baseline for the costs, as "
+             "R(x) is for the rewards"),
+    ("gold cost", "the toy world's gold cost of prompt + response: its hype words (toy "
+                  "prompts only; never seen in training)"),
+    ("cost ±c", "the colour scale of the cost rows: the largest |cost| of this sample over "
+                "all modes; purple −c, white 0, orange +c"),
+)
+
+
+def _legend(samples: list[Sample]) -> tuple[tuple[str, str], ...]:
+    return LEGEND + (COST_LEGEND if any(s.costs for s in samples) else ())
+
+
+def _head(s: Sample) -> tuple[str, str | None]:
+    """A sample's numbers: the reward model's (r_C, gold, R(x)) and the cost model's (c_C,
+    gold cost, C(x)), each with its colour scale; the second is None without costs."""
+    head = f"r_C = {s.score:+.3f}"
+    if s.gold is not None:
+        head += f" · gold = {s.gold:+.3f}"
+    if s.prompt_score is not None:
+        head += f" · R(x) = {s.prompt_score:+.3f}"
+    head += f" · scale ±{s.scale:.3g}"
+    if not s.costs:
+        return head, None
+    cost = f"c_C = {s.cost:+.3f}"
+    if s.gold_cost is not None:
+        cost += f" · gold cost = {s.gold_cost:g}"
+    if s.prompt_cost is not None:
+        cost += f" · C(x) = {s.prompt_cost:+.3f}"
+    return head, cost + f" · cost ±{s.cost_scale:.3g}"
+
+
+def _rows(s: Sample) -> list[tuple[str, dict[str, list[float]], float, str]]:
+    """The coloured rows of a sample: (column title suffix, values per mode, scale, colour map)."""
+    rows = [("", s.rewards, s.scale, CMAP)]
+    if s.costs:
+        rows.append((" · cost", s.costs, s.cost_scale, COST_CMAP))
+    return rows
+
+
+def _gradient(cmap: str) -> str:
+    return ", ".join(_hex(_rgb(v, 1.0, cmap)) for v in (-1.0, -0.5, 0.0, 0.5, 1.0))
 
 
 def render_html(samples: list[Sample], setup: dict, modes: list[str]) -> str:
-    legend = ", ".join(_hex(_rgb(v, 1.0)) for v in (-1.0, -0.5, 0.0, 0.5, 1.0))
-    css = _CSS.replace("LEGEND", legend).replace("COLS", str(len(modes)))
+    css = (_CSS.replace("COST_GRADIENT", _gradient(COST_CMAP))
+           .replace("LEGEND", _gradient(CMAP)).replace("COLS", str(len(modes))))
     e = html.escape
+    with_costs = any(s.costs for s in samples)
+    cost_model = f' · cost model: {e(str(setup.get("cost_model")))}' if with_costs else ""
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         "<title>red explain: per-token credit</title>", f"<style>{css}</style>", "</head>",
         "<body>", "<h1>Per-token credit by redistribution mode</h1>",
         f'<p class="meta">policy: {e(setup["policy"])} · reward model: '
-        f'{e(str(setup["reward_model"]))} · prompts: {e(str(setup["prompts"]))} · '
+        f'{e(str(setup["reward_model"]))}{cost_model} · prompts: {e(str(setup["prompts"]))} · '
         f'seed {setup["seed"]}</p>',
         '<p class="meta">colour: reward of each response token, −s <span class="legend">'
         "</span> +s (s: the sample's scale); hover a token for its exact value.</p>",
-        '<dl class="key">',
-        *(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>" for term, text in LEGEND),
-        "</dl>",
     ]
+    if with_costs:
+        parts.append('<p class="meta">cost rows: cost of each response token, −c <span '
+                     'class="legend cost"></span> +c (c: the sample\'s cost scale).</p>')
+    parts += ['<dl class="key">',
+              *(f"<dt>{e(term)}</dt><dd>{e(text)}</dd>" for term, text in _legend(samples)),
+              "</dl>"]
     for n, s in enumerate(samples, 1):
-        head = f"r_C = {s.score:+.3f}"
-        if s.gold is not None:
-            head += f" · gold = {s.gold:+.3f}"
-        if s.prompt_score is not None:
-            head += f" · R(x) = {s.prompt_score:+.3f}"
-        parts += ["<section>", f'<h2>#{n} <span class="num">{e(head)} · '
-                  f"scale ±{s.scale:.3g}</span></h2>", '<div class="grid">']
-        for mode in modes:
-            rewards = s.rewards[mode]
-            spans = "".join(
-                f'<span class="tok" style="background:{_hex(_rgb(r, s.scale))};'
-                f'color:{_ink(r, s.scale)}" title="{e(repr(tok))}: {r:+.4f}">{e(token_label(tok))}</span>'
-                for tok, r in zip(s.tokens, rewards))
-            parts += ['<div class="col">',
-                      f"<h3>{e(mode)} <small>Σ = {sum(rewards):+.3f}</small></h3>",
-                      f'<p class="text"><span class="prompt">{e(s.prompt)}</span>{spans}</p>',
-                      "</div>"]
+        head = " | ".join(h for h in _head(s) if h is not None)
+        parts += ["<section>", f'<h2>#{n} <span class="num">{e(head)}</span></h2>',
+                  '<div class="grid">']
+        for suffix, values, scale, cmap in _rows(s):
+            for mode in modes:
+                spans = "".join(
+                    f'<span class="tok" style="background:{_hex(_rgb(v, scale, cmap))};'
+                    f'color:{_ink(v, scale, cmap)}" title="{e(repr(tok))}: {v:+.4f}">'
+                    f"{e(token_label(tok))}</span>"
+                    for tok, v in zip(s.tokens, values[mode]))
+                total = sum(values[mode])
+                parts += ['<div class="col">',
+                          f"<h3>{e(mode + suffix)} <small>Σ = {total:+.3f}</small></h3>",
+                          f'<p class="text"><span class="prompt">{e(s.prompt)}</span>{spans}</p>',
+                          "</div>"]
         parts += ["</div>", "</section>"]
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
@@ -401,7 +520,8 @@ def png_label(token: str, chars: set[int]) -> str:
 
 
 def render_png(samples: list[Sample], setup: dict, modes: list[str], path: Path) -> None:
-    """The page as a picture: monospace text flowed into one column per mode."""
+    """The page as a picture: monospace text flowed into one column per mode (a second block
+    of the same columns for the costs, with a cost model)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,9 +552,19 @@ def render_png(samples: list[Sample], setup: dict, modes: list[str], path: Path)
         return out
 
     layouts = [flow(s.prompt, s.tokens) for s in samples]
-    header_h, legend_h = 0.75, 0.25 + 0.19 * (len(LEGEND) + 1)
+    legend = _legend(samples)
+    with_costs = any(s.costs for s in samples)
+    # The colour scales: rewards, and costs when the samples have them.
+    bars = [("colour", "reward of each response token, from −s to +s:", CMAP, "s")]
+    if with_costs:
+        bars.append(("cost", "cost of each response token (cost rows), from −c to +c:",
+                     COST_CMAP, "c"))
+    row, bar_step = 0.19, 0.3  # inches per legend row; between colour bars (and tick labels)
+    header_h = 0.75
+    legend_h = 0.25 + row * (len(legend) + 1) + bar_step * (len(bars) - 1)
     height = (header_h + legend_h + 0.15 + margin
-              + sum((lay[-1][0] + 1 + 2.6) * line_h for lay in layouts))
+              + sum((1.2 + len(_rows(s)) * (lay[-1][0] + 1 + 1.4)) * line_h
+                    for s, lay in zip(samples, layouts)))
     fig = plt.figure(figsize=(width, height))
 
     def fx(x: float) -> float:
@@ -446,26 +576,31 @@ def render_png(samples: list[Sample], setup: dict, modes: list[str], path: Path)
     fig.text(fx(margin), fy(0.3), "Per-token credit by redistribution mode", fontsize=14,
              weight="bold", va="center")
     policy = setup["policy"] if len(setup["policy"]) <= 110 else "…" + setup["policy"][-109:]
-    fig.text(fx(margin), fy(0.58), f"policy: {policy}   reward model: {setup['reward_model']}",
-             fontsize=8.5, color="#444", va="center")
-    # The legend box: the colour scale, then one row per LEGEND term.
+    read_by = f"reward model: {setup['reward_model']}"
+    if with_costs:
+        read_by += f"   cost model: {setup.get('cost_model')}"
+    fig.text(fx(margin), fy(0.58), f"policy: {policy}   {read_by}", fontsize=8.5, color="#444",
+             va="center")
+    # The legend box: the colour scales, then one row per legend term.
     fig.patches.append(Rectangle((fx(margin - 0.08), fy(header_h + legend_h - 0.05)),
                                  fx(width - 2 * margin + 0.16), (legend_h - 0.1) / height,
                                  transform=fig.transFigure, facecolor="#f6f6f6",
                                  edgecolor="#dddddd", zorder=-1))
-    row = 0.19
     y0 = header_h + 0.05 + row / 2
-    fig.text(fx(margin), fy(y0), "colour", fontsize=8.5, weight="bold", va="center",
-             family="DejaVu Sans Mono")
-    fig.text(fx(margin + 0.95), fy(y0), "reward of each response token, from −s to +s:",
-             fontsize=8.5, color="#333", va="center")
-    cax = fig.add_axes((fx(margin + 3.75), fy(y0 + 0.05), fx(3.0), 0.1 / height))
-    bar = fig.colorbar(plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-1, 1), cmap=CMAP),
-                       cax=cax, orientation="horizontal", ticks=[-1, 0, 1])
-    bar.ax.set_xticklabels(["−s", "0", "+s"])
-    bar.ax.tick_params(labelsize=7, length=2, pad=1)
-    for k, (term, text) in enumerate(LEGEND, 1):
-        yk = y0 + k * row + 0.08
+    for k, (term, text, cmap, unit) in enumerate(bars):
+        yk = y0 + k * bar_step
+        fig.text(fx(margin), fy(yk), term, fontsize=8.5, weight="bold", va="center",
+                 family="DejaVu Sans Mono")
+        fig.text(fx(margin + 0.95), fy(yk), text, fontsize=8.5, color="#333", va="center")
+        cax = fig.add_axes((fx(margin + 4.3), fy(yk + 0.05), fx(3.0), 0.1 / height))
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-1, 1),
+                                                 cmap=cmap),
+                           cax=cax, orientation="horizontal", ticks=[-1, 0, 1])
+        bar.ax.set_xticklabels([f"−{unit}", "0", f"+{unit}"])
+        bar.ax.tick_params(labelsize=7, length=2, pad=1)
+    y_terms = y0 + bar_step * (len(bars) - 1) + 0.08
+    for k, (term, text) in enumerate(legend, 1):
+        yk = y_terms + k * row
         fig.text(fx(margin), fy(yk), term, fontsize=8.5, weight="bold", va="center",
                  family="DejaVu Sans Mono")
         fig.text(fx(margin + 0.95), fy(yk), text, fontsize=8.5, color="#333", va="center")
@@ -473,32 +608,28 @@ def render_png(samples: list[Sample], setup: dict, modes: list[str], path: Path)
     y = header_h + legend_h + 0.15
     for n, (s, placed) in enumerate(zip(samples, layouts), 1):
         n_lines = placed[-1][0] + 1
-        head = f"#{n}   r_C = {s.score:+.3f}"
-        if s.gold is not None:
-            head += f"   gold = {s.gold:+.3f}"
-        if s.prompt_score is not None:
-            head += f"   R(x) = {s.prompt_score:+.3f}"
-        fig.text(fx(margin), fy(y), head + f"   scale ±{s.scale:.3g}", fontsize=9.5,
-                 weight="bold", va="center")
+        head = "   |   ".join(h for h in _head(s) if h is not None)
+        fig.text(fx(margin), fy(y), f"#{n}   {head}", fontsize=9.5, weight="bold", va="center")
         y += line_h * 1.2
-        for c, mode in enumerate(modes):
-            x0 = margin + c * (col_w + gap)
-            fig.text(fx(x0), fy(y), f"{mode}   Σ = {sum(s.rewards[mode]):+.3f}", fontsize=9,
-                     color="#333", va="center", style="italic")
-            values = iter(s.rewards[mode])
-            for line, col, text, is_token in placed:
-                xl, yl = x0 + col * char_w, y + (line + 1) * line_h
-                ink = "#888888"
-                if is_token:
-                    value = next(values)
-                    fig.patches.append(Rectangle(
-                        (fx(xl), fy(yl + line_h * 0.45)), fx(len(text) * char_w),
-                        line_h * 0.9 / height, transform=fig.transFigure,
-                        facecolor=_rgb(value, s.scale), edgecolor="none", zorder=0))
-                    ink = _ink(value, s.scale)
-                fig.text(fx(xl), fy(yl), text, fontsize=font, family="DejaVu Sans Mono",
-                         color=ink, va="center", ha="left", zorder=1)
-        y += (n_lines + 1.4) * line_h
+        for suffix, values_of, scale, cmap in _rows(s):
+            for c, mode in enumerate(modes):
+                x0 = margin + c * (col_w + gap)
+                fig.text(fx(x0), fy(y), f"{mode}{suffix}   Σ = {sum(values_of[mode]):+.3f}",
+                         fontsize=9, color="#333", va="center", style="italic")
+                values = iter(values_of[mode])
+                for line, col, text, is_token in placed:
+                    xl, yl = x0 + col * char_w, y + (line + 1) * line_h
+                    ink = "#888888"
+                    if is_token:
+                        value = next(values)
+                        fig.patches.append(Rectangle(
+                            (fx(xl), fy(yl + line_h * 0.45)), fx(len(text) * char_w),
+                            line_h * 0.9 / height, transform=fig.transFigure,
+                            facecolor=_rgb(value, scale, cmap), edgecolor="none", zorder=0))
+                        ink = _ink(value, scale, cmap)
+                    fig.text(fx(xl), fy(yl), text, fontsize=font, family="DejaVu Sans Mono",
+                             color=ink, va="center", ha="left", zorder=1)
+            y += (n_lines + 1.4) * line_h
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -116,17 +116,17 @@ class GoldScoreJudge(ScoreJudge):
         return self._judge([p + r for p, r in zip(rollout.prompts, rollout.responses)])
 
 
-class RewardModelJudge(ScoreJudge):
-    """A reward model's sequence score r_C, read as `red train` reads it (any tokenizer pair)."""
+class ModelScores:
+    """A reward (or cost) model's sequence score of each response, read as `red train` reads
+    it (any tokenizer pair), unshaped. ``key`` names the config key of its path in errors."""
 
-    def __init__(self, rm_cfg: Any, toy_cfg: Any, device: str, tie_margin: float = 0.0):
-        super().__init__(tie_margin)
+    def __init__(self, rm_cfg: Any, toy_cfg: Any, device: str, key: str):
         from red_cli.reward.stack import load_reward_stack
 
-        self.rm = load_reward_stack(rm_cfg, toy_cfg, device, key="judge.path")
+        self.rm = load_reward_stack(rm_cfg, toy_cfg, device, key=key)
         self._pipelines: dict[int, Any] = {}
 
-    def score(self, rollout, policy_tokenizer) -> list[float]:
+    def __call__(self, rollout, policy_tokenizer) -> list[float]:
         from red_cli.reward.pipeline import RewardPipeline
         from red_cli.reward.shaping import ScoreShaper
 
@@ -136,6 +136,17 @@ class RewardModelJudge(ScoreJudge):
             self._pipelines[key] = RewardPipeline(self.rm, policy_tokenizer)
         scored = self._pipelines[key](rollout, ScoreShaper("none", None, None), 1)
         return scored.raw_scores.tolist()
+
+
+class RewardModelJudge(ScoreJudge):
+    """A reward model's sequence score r_C (:class:`ModelScores`)."""
+
+    def __init__(self, rm_cfg: Any, toy_cfg: Any, device: str, tie_margin: float = 0.0):
+        super().__init__(tie_margin)
+        self.scores = ModelScores(rm_cfg, toy_cfg, device, key="judge.path")
+
+    def score(self, rollout, policy_tokenizer) -> list[float]:
+        return self.scores(rollout, policy_tokenizer)
 
 
 def load_rm_preset(preset: str, path: str | None = None) -> Any:

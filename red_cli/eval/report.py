@@ -11,10 +11,14 @@ SE = sample std / sqrt(seeds)):
 - iterations until the ``smooth``-iteration moving average of the score first reaches
   ``threshold`` (over the seeds that reach it; how many did is shown);
 - win rate vs SFT, from ``<run>/eval/<win_rate_judge>_vs_sft/eval.json`` where `red eval`
-  wrote one.
+  wrote one;
+- the safety task's final cost (the cost model's score), gold cost and Lagrange multiplier
+  lambda (``SAFETY_METRICS``), where some run logged them.
 
 Writes table.md, table.csv, curves.png (each group's mean curve with a seed band: RM score,
-gold, and the KL to the reference policy, ``kl_metric``) and frontier.png.
+gold, and the KL to the reference policy, ``kl_metric``), frontier.png, and, where some run
+logged a safety metric, safety.png (the same curves of cost, gold cost and lambda, the runs'
+``ppo.lagrangian.cost_limit`` drawn on the cost panels).
 
 frontier.png is the reward-vs-KL view of RLHF papers (Gao et al. 2023, "Scaling laws for
 reward model overoptimization"; Rafailov et al. 2023): x = KL to the reference policy, y = the
@@ -68,6 +72,7 @@ class Run:
     metrics: list[dict]
     status: str | None
     win_rate: float | None = None
+    cost_limit: float | None = None  # ppo.lagrangian.cost_limit, with a cost model only
 
 
 @dataclass
@@ -99,6 +104,17 @@ def _eval_win_rate(run_dir: Path, judge: str) -> float | None:
         return None
 
 
+def _cost_limit(run_dir: Path) -> float | None:
+    """The run's ``ppo.lagrangian.cost_limit`` if it trained with a cost model, else None."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    if not OmegaConf.select(cfg, "cost_model.path", default=None):
+        return None
+    limit = OmegaConf.select(cfg, "ppo.lagrangian.cost_limit", default=None)
+    return None if limit is None else float(limit)
+
+
 def load_runs(paths: Sequence[str], ignore_keys: Sequence[str], win_rate_judge: str) -> list[Run]:
     runs = []
     try:
@@ -121,7 +137,7 @@ def load_runs(paths: Sequence[str], ignore_keys: Sequence[str], win_rate_judge: 
         if status != "complete":
             log.warning("%s: run status %s; its metrics so far are included", run_dir, status)
         runs.append(Run(run_dir, overrides, group_label(overrides, ignore_keys), metrics, status,
-                        _eval_win_rate(run_dir, win_rate_judge)))
+                        _eval_win_rate(run_dir, win_rate_judge), _cost_limit(run_dir)))
     if not runs:
         raise ReportError("runs: no run with metrics found in " + ", ".join(map(str, paths)))
     return runs
@@ -181,13 +197,35 @@ def overall_mean(values: np.ndarray) -> float:
 # --------------------------------------------------------------------------- the table
 
 
+# The safety task's metrics (a run with a cost model; gold cost: the toy world), each in the
+# table ("final <header>") and safety.png where some run logged it: (name, key, header, title).
+SAFETY_METRICS = (
+    ("cost", "objective/cost", "cost", "cost (the cost model's score)"),
+    ("gold_cost", "objective/gold_cost", "gold cost", "gold cost"),
+    ("lambda", "lagrange/lambda", "λ", "Lagrange multiplier λ"),
+)
+
+
+def safety_metrics(groups: Sequence[Group]) -> list[tuple[str, str, str, str]]:
+    """The entries of SAFETY_METRICS some run of ``groups`` logged."""
+    return [m for m in SAFETY_METRICS if _has_metric(groups, m[1])]
+
+
+def group_cost_limit(group: Group) -> float:
+    """The cost limit the group's runs trained under (nan: none, or not one for all)."""
+    limits = {r.cost_limit for r in group.runs}
+    return limits.pop() if len(limits) == 1 and None not in limits else math.nan
+
+
 def group_rows(groups: Sequence[Group], cfg: Any) -> list[dict]:
     """One dict of numbers per group (the CSV's rows)."""
     rows = []
+    metrics = [("score", cfg.score_metric), ("gold", cfg.gold_metric), ("kl", cfg.kl_metric)]
+    safety = safety_metrics(groups)
+    metrics += [(name, key) for name, key, _, _ in safety]
     for g in groups:
         row: dict[str, Any] = {"group": g.label, "seeds": len(g.runs)}
-        for name, key in (("score", cfg.score_metric), ("gold", cfg.gold_metric),
-                          ("kl", cfg.kl_metric)):
+        for name, key in metrics:
             per_run = [series(r.metrics, key)[1] for r in g.runs]
             for stat, f in (("final", lambda v: final_value(v, cfg.final_window)),
                             ("mean", overall_mean)):
@@ -197,6 +235,8 @@ def group_rows(groups: Sequence[Group], cfg: Any) -> list[dict]:
         m, s = mean_2se(wins)
         row["win_rate_vs_sft"], row["win_rate_vs_sft_2se"] = m, s
         row["win_rate_runs"] = len(wins)
+        if safety:
+            row["cost_limit"] = group_cost_limit(g)
         rows.append(row)
     threshold = resolve_threshold(rows, cfg)
     if threshold is None:
@@ -247,11 +287,14 @@ def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) 
     has_gold = any(not math.isnan(r["mean_gold"]) for r in rows)
     has_wins = any(r["win_rate_runs"] for r in rows)
     has_kl = any(not math.isnan(r["final_kl"]) for r in rows)
+    safety = [(name, header) for name, _, header, _ in SAFETY_METRICS
+              if any(not math.isnan(r.get(f"final_{name}", math.nan)) for r in rows)]
     headers = ["group", "seeds", "final score", "mean score"]
     if has_gold:
         headers += ["final gold", "mean gold"]
     if has_kl:
         headers.append("final KL")
+    headers += [f"final {header}" for _, header in safety]
     threshold = rows[0].get("threshold") if rows else None
     if threshold is not None:
         what = (f"{cfg.threshold_group}'s final" if cfg.threshold_group is not None
@@ -267,6 +310,7 @@ def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) 
             line += [pm(r["final_gold"], r["final_gold_2se"]), pm(r["mean_gold"], r["mean_gold_2se"])]
         if has_kl:
             line.append(pm(r["final_kl"], r["final_kl_2se"]))
+        line += [pm(r[f"final_{name}"], r[f"final_{name}_2se"]) for name, _ in safety]
         if threshold is not None:
             line.append(f"{pm(r['iters_to_threshold'], r['iters_to_threshold_2se'], 1)} "
                         f"({r['reached_threshold']}/{r['seeds']})")
@@ -277,6 +321,13 @@ def markdown_report(rows: Sequence[dict], cfg: Any, common: Sequence[str] = ()) 
     note = (f"mean ± 2 SE across seeds; final = mean of the last {cfg.final_window} "
             f"iteration(s); score = `{cfg.score_metric}`, gold = `{cfg.gold_metric}`, KL = "
             f"`{cfg.kl_metric}`")
+    if safety:
+        keys = {name: key for name, key, _, _ in SAFETY_METRICS}
+        note += "; " + ", ".join(f"{header} = `{keys[name]}`" for name, header in safety)
+        limits = sorted({r["cost_limit"] for r in rows if not math.isnan(r["cost_limit"])})
+        if limits:
+            note += ("; cost limit `ppo.lagrangian.cost_limit` = "
+                     + ", ".join(f"{v:g}" for v in limits))
     if threshold is not None:
         note += (f"; threshold {threshold:.3f} on the {cfg.smooth}-iteration moving average of "
                  f"{cfg.threshold_metric} (mean over the seeds that reached it)")
@@ -377,16 +428,28 @@ def _save(fig, path: Path, title: str, panels: Sequence[str]) -> None:
                                          + " | ".join(panels)})
 
 
-def plot_groups(groups: Sequence[Group], path: Path, cfg: Any) -> list[str]:
-    """curves.png: per group, the mean curve over seeds and a seed band; returns panel titles."""
+def threshold_lines(cfg: Any) -> dict[str, list[tuple[float, str]]]:
+    """curves.png's reference line: the threshold, on the threshold metric's panel."""
+    if cfg.threshold is None:
+        return {}
+    key = cfg.score_metric if cfg.threshold_metric == "score" else cfg.gold_metric
+    return {key: [(cfg.threshold, f"threshold {cfg.threshold:g}")]}
+
+
+def plot_groups(groups: Sequence[Group], path: Path, cfg: Any,
+                panels: Sequence[tuple[str, str]] | None = None,
+                lines: dict[str, list[tuple[float, str]]] | None = None) -> list[str]:
+    """Per group, the mean curve over seeds and a seed band, one panel per (metric, title) of
+    ``panels`` (curves.png's, :func:`curve_panels`, unless given), with horizontal reference
+    ``lines`` (metric -> [(y, label)]; the threshold unless given); returns panel titles."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     plt = _pyplot()
-    panels = curve_panels(groups, cfg)
+    panels = curve_panels(groups, cfg) if panels is None else panels
+    lines = threshold_lines(cfg) if lines is None else lines
     width = 5.2 * max(len(panels), 1)
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(width, 4.6), squeeze=False)
-    threshold_key = cfg.score_metric if cfg.threshold_metric == "score" else cfg.gold_metric
     handles, labels = [], []
     for n, g in enumerate(groups):
         st = group_style(n)
@@ -413,10 +476,10 @@ def plot_groups(groups: Sequence[Group], path: Path, cfg: Any) -> list[str]:
                     ax.plot(it, edge, color=st.color, ls=st.linestyle, lw=0.7, alpha=0.7,
                             zorder=2)
             ax.plot(it, mean, color=st.color, ls=st.linestyle, lw=2.0, zorder=3)
-        if cfg.threshold is not None and key == threshold_key:
-            ax.axhline(cfg.threshold, color="grey", ls=(0, (1, 3)), lw=1.2)
-            ax.annotate(f"threshold {cfg.threshold:g}", (0.01, cfg.threshold), fontsize=8,
-                        color="grey", xycoords=("axes fraction", "data"), va="bottom")
+        for y, text in lines.get(key, []):
+            ax.axhline(y, color="grey", ls=(0, (1, 3)), lw=1.2)
+            ax.annotate(text, (0.01, y), fontsize=8, color="grey",
+                        xycoords=("axes fraction", "data"), va="bottom")
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("iteration")
         ax.set_ylabel(key)
@@ -431,6 +494,20 @@ def plot_groups(groups: Sequence[Group], path: Path, cfg: Any) -> list[str]:
     _save(fig, path, title, [t for _, t in panels])
     plt.close(fig)
     return [t for _, t in panels]
+
+
+def plot_safety(groups: Sequence[Group], path: Path, cfg: Any) -> list[str]:
+    """safety.png: :func:`plot_groups` of the logged SAFETY_METRICS, each cost limit the
+    groups trained under drawn on the cost panels. Returns the panel titles; an empty list
+    (and no file) when no run logged one."""
+    panels = [(key, title) for _, key, _, title in safety_metrics(groups)]
+    if not panels:
+        return []
+    limits = sorted({v for g in groups if not math.isnan(v := group_cost_limit(g))})
+    marks = [(v, f"cost limit {v:g}") for v in limits]
+    return plot_groups(groups, path, cfg, panels,
+                       {key: marks for name, key, _, _ in SAFETY_METRICS
+                        if name in ("cost", "gold_cost")})
 
 
 # --------------------------------------------------------------------------- frontier
@@ -556,8 +633,8 @@ def report_dir(base: Path, overwrite: bool) -> Path:
 
 
 def run_report(cfg: Any) -> Path:
-    """Write table.md, table.csv, curves.png and frontier.png; print the table and where it
-    went; return the output folder."""
+    """Write table.md, table.csv, curves.png, frontier.png (and safety.png where a run logged
+    a safety metric); print the table and where it went; return the output folder."""
     runs = load_runs(list(cfg.runs), list(cfg.ignore_keys), cfg.win_rate_judge)
     groups, common = group_runs(runs)
     rows = group_rows(groups, cfg)
@@ -569,6 +646,7 @@ def run_report(cfg: Any) -> Path:
     write_csv(rows, out / "table.csv")
     plot_groups(groups, out / "curves.png", cfg)
     plot_frontier(groups, out / "frontier.png", cfg)
+    plot_safety(groups, out / "safety.png", cfg)
     print(table)
     note = "" if out == base else f" ({base / 'table.md'} exists; overwrite=true replaces it)"
     print(f"report -> {out}{note}")

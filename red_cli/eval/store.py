@@ -19,8 +19,9 @@ _TRANSPORT_KEYS = ("concurrency", "max_retries", "backoff_s", "timeout_s", "api_
 
 
 def fingerprint(cfg: DictConfig, cand: PolicySpec, base: PolicySpec, prompts: dict,
-                sampling: Sampling) -> dict:
-    """What a resumed evaluation must share with the one it continues."""
+                sampling: Sampling, cost_model: str | None = None) -> dict:
+    """What a resumed evaluation must share with the one it continues (``cost_model``: the
+    path of the cost model that scores each item, if any)."""
     judge = {k: v for k, v in OmegaConf.to_container(cfg.judge, resolve=True).items()
              if k not in _TRANSPORT_KEYS}
     # prompts.n is left out: items are the first n usable prompts, so a larger n extends
@@ -34,6 +35,9 @@ def fingerprint(cfg: DictConfig, cand: PolicySpec, base: PolicySpec, prompts: di
     if cfg.generation.backend != "hf":
         # Only then: evaluations made before backends existed keep their fingerprint.
         out["generation"] = OmegaConf.to_container(cfg.generation, resolve=True)
+    if cost_model is not None:
+        # Only then, likewise; items scored by another cost model do not mix with these.
+        out["cost_model"] = cost_model
     return out
 
 

@@ -7,6 +7,7 @@ as that key. A local folder with ``*.safetensors`` loads from those only, never 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -22,12 +23,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def _model_config(path: str, key: str, role: str, trust_remote_code: bool,
-                  label_weights: list[float] | None = None):
+                  label_weights: list[float] | None = None, score_head: str | None = None):
     """The config of ``path`` if it exists and fits ``role`` (``models.preflight``), so a bad
     path is one ConfigError naming ``key``, not a network error deep inside huggingface_hub or
     a random head silently put on a model of the wrong kind."""
     config = preflight.model_config(path, key, trust_remote_code)
-    problem = preflight.role_problem(config, role, path, key, label_weights)
+    problem = preflight.role_problem(config, role, path, key, label_weights, score_head)
     if problem:
         raise ConfigError(problem)
     return config
@@ -102,16 +103,33 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool = False,
                       key: str = "reward_model.path",
-                      label_weights: list[float] | None = None) -> nn.Module:
+                      label_weights: list[float] | None = None,
+                      score_head: str | None = None) -> nn.Module:
     """A frozen scalar classifier. ``label_weights`` turns a k-label classifier into one:
-    score = sum_k w_k * logit_k (e.g. [-1, 1]: logit[positive] - logit[negative])."""
+    score = sum_k w_k * logit_k (e.g. [-1, 1]: logit[positive] - logit[negative]).
+
+    ``score_head``: the checkpoint's name for a one-output layer that the architecture calls
+    ``score`` (safe-rlhf's LlamaModelForScore saves ``score_head``): renamed while loading, and
+    refused if the checkpoint has no such weights (a random head would score silently)."""
     from transformers import AutoModelForSequenceClassification
 
     # A causal LM would load here too, with a random score head: refused before loading.
-    _model_config(path, key, "reward_model", trust_remote_code, label_weights)
+    _model_config(path, key, "reward_model", trust_remote_code, label_weights, score_head)
+    extra = {}
+    if score_head:
+        extra = {"num_labels": 1, "output_loading_info": True,
+                 "key_mapping": {rf"^{re.escape(score_head)}\.": "score."}}
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **safetensors_only(path)
-    )
+        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **safetensors_only(path),
+        **extra)
+    if score_head:
+        model, info = model
+        missing = [k for k in info.get("missing_keys", ()) if k.startswith("score.")]
+        if missing or not hasattr(model, "score"):
+            raise ConfigError(
+                f"{key}={path!r}: no `{score_head}.*` weights in the checkpoint to serve as its "
+                f"`score` layer (missing: {', '.join(missing) or 'score'}); check "
+                f"{key.rsplit('.', 1)[0]}.score_head")
     if label_weights is not None:
         fold_label_weights(model, label_weights)
     elif model.config.num_labels != 1:

@@ -164,9 +164,11 @@ def tokenizer(path: str, key: str, trust_remote_code: bool = False, cache_first:
 
 
 def role_problem(config, role: str, path: str, key: str | None = None,
-                 label_weights: Any = None) -> str | None:
+                 label_weights: Any = None, score_head: str | None = None) -> str | None:
     """Whether ``config`` fits its role: ``policy`` (a causal LM) or ``reward_model`` (a
-    sequence classifier with one output, or k outputs and k ``label_weights``)."""
+    sequence classifier with one output, or k outputs and k ``label_weights``; with
+    ``score_head`` the checkpoint's own one-output layer, whatever its config's num_labels).
+    A cost model is checked as a ``reward_model``, under its own keys."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING,
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
@@ -196,13 +198,14 @@ def role_problem(config, role: str, path: str, key: str | None = None,
             and "AutoModelForSequenceClassification" not in auto_map):
         return (f"{key}={path!r}: model_type {model_type!r} has no sequence-classification class; "
                 "a reward model is a sequence classifier with one output")
-    labels = config.num_labels
+    labels = 1 if score_head else config.num_labels
+    group = (key or "reward_model.path").rsplit(".", 1)[0]
     if label_weights is None and labels != 1:
         return (f"{key}={path!r}: a reward model needs one scalar output (num_labels=1), "
-                f"this one has {labels}; set reward_model.label_weights "
+                f"this one has {labels}; set {group}.label_weights "
                 f"(one weight per label, score = sum_k w_k * logit_k) to combine them")
     if label_weights is not None and len(label_weights) != labels:
-        return (f"reward_model.label_weights={list(label_weights)}: the reward model has {labels} "
+        return (f"{group}.label_weights={list(label_weights)}: the {group.replace('_', ' ')} has {labels} "
                 f"labels, so it needs {labels} weights (one per label, in label order); got "
                 f"{len(label_weights)}")
     return None
@@ -216,6 +219,7 @@ def vocab_rows(config) -> int | None:
 
 
 def _check_role(role: str, node: Any, toy_cfg: Any) -> list[str]:
+    kind = "policy" if role == "policy" else "reward_model"
     path = str(node.path)
     tok_path = str(node.get("tokenizer") or path)
     if is_toy(path) and is_toy(tok_path):
@@ -231,7 +235,9 @@ def _check_role(role: str, node: Any, toy_cfg: Any) -> list[str]:
         if tok_key == f"{role}.path":
             return problems  # the same folder: its tokenizer would only repeat the problem
     if config is not None:
-        problem = role_problem(config, role, path, label_weights=node.get("label_weights"))
+        problem = role_problem(config, kind, path, f"{role}.path",
+                               label_weights=node.get("label_weights"),
+                               score_head=node.get("score_head"))
         if problem:
             problems.append(problem)
             config = None
@@ -260,7 +266,7 @@ def check_models(cfg: Any) -> None:
     composed train config (see the module doc); reads no weights."""
     toy_cfg = cfg.get("toy")
     problems: list[str] = []
-    for role in ("policy", "reward_model"):
+    for role in ("policy", "reward_model", "cost_model"):
         node = cfg.get(role)
         if node is not None and node.get("path"):
             problems += _check_role(role, node, toy_cfg)

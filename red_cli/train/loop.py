@@ -7,7 +7,10 @@ generator and the advantage estimator. Each iteration then:
   2. forwards: old logprobs, reference logprobs, values (no grad)
   3. rewards: RM readings -> per-token rewards (the mode) -> minus kl_coef * KL (GRPO: the
      KL goes into the loss instead)
-  4. advantages: the estimator (GAE with a critic; REINFORCE++, RLOO, GRPO without one)
+  4. advantages: the estimator (GAE with a critic; REINFORCE++, RLOO, GRPO without one);
+     with a cost model the cost goes through steps 2-4 too (its own critic under GAE), and
+     the policy trains on (A_r - lambda A_c) / (1 + lambda), lambda the Lagrange multiplier
+     (``red_cli.rlhf.lagrangian``)
   5. PPO epochs over mini batches (gradient accumulation over micro batches)
   6. log (reduced over ranks; rank 0 writes)
   7. checkpoint every `checkpoint_every` iterations, at the end, and when asked to stop
@@ -22,6 +25,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -31,12 +35,13 @@ from red_cli.errors import Interrupted, NonFinite
 from red_cli.generation import Rollout, Sampling, build_generator
 from red_cli.reward.shaping import ScoreShaper
 from red_cli.rlhf.kl import AdaptiveKLController, FixedKLController, add_kl_to_rewards, k3
+from red_cli.rlhf.lagrangian import Lagrangian, combine_advantages
 from red_cli.rlhf.masking import masked_mean
 from red_cli.rlhf.ppo import entropy_from_logits, gather_logprobs, policy_loss, value_loss
 from red_cli.runs import read_metrics
 from red_cli.train import distributed, forwards
 from red_cli.train.estimators import build_estimator
-from red_cli.train.metrics import MetricsLogger, iteration_metrics, plot_curves
+from red_cli.train.metrics import MetricsLogger, cost_metrics, iteration_metrics, plot_curves
 from red_cli.train.samples import write_samples
 from red_cli.train.setup import (
     Sizes,
@@ -44,6 +49,7 @@ from red_cli.train.setup import (
     build_models,
     build_prompts,
     derived_sizes,
+    gold_cost_judge,
     gold_judge,
 )
 
@@ -78,14 +84,21 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
     m = build_models(cfg, dist, estimator)
     stream = build_prompts(cfg, m.tokenizer, dist)
     gold = gold_judge(cfg)
+    gold_cost = gold_cost_judge(cfg)
     generator = build_generator(cfg.generation, m.tokenizer,
                                 Sampling(p.max_new_tokens, p.temperature, p.top_k, p.top_p,
                                          eos_token_ids=m.eos_ids))
     engines = build_engines(m, cfg, sizes)
     policy_engine, critic_engine = engines["policy"], engines.get("critic")
+    cost_critic_engine = engines.get("cost_critic")
     kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
               else FixedKLController(p.kl_coef))
     shaper = ScoreShaper(p.score_norm, p.score_clip, p.missing_eos_penalty)
+    # Costs are read as they are: the limit is in the cost model's units.
+    cost_shaper = ScoreShaper("none", None, None)
+    lag = p.lagrangian
+    lagrangian = (Lagrangian(lag.cost_limit, lag.lambda_init, lag.lambda_lr, lag.lambda_max,
+                             lag.cost_window, lag.update_delay) if m.cost else None)
 
     ckpt_root = run_dir / "checkpoints"
     start = 0
@@ -98,6 +111,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         stream.load_state_dict(state["data"])
         kl_ctl.load_state_dict(state["kl_ctl"])
         shaper.load_state_dict(state["shaper"])
+        if lagrangian is not None:
+            lagrangian.load_state_dict(state["lagrangian"])
         # The count the run started with, unless one is asked for: results depend on it.
         threads = cfg.threads or state.get("threads", threads)
         log.info("resumed at iteration %d", start)
@@ -107,8 +122,10 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
     if dist.device.type == "cpu":
         torch.set_num_threads(threads)
     if dist.is_main:
-        log.info("run %s: %s, rm %s, generation %s, estimator %s%s, %d rank(s), %d prompts%s",
-                 run_dir, m.mode.name, cfg.reward_model.name, generator.name, estimator.name,
+        log.info("run %s: %s, rm %s%s, generation %s, estimator %s%s, %d rank(s), %d prompts%s",
+                 run_dir, m.mode.name, cfg.reward_model.name,
+                 f", cost model {cfg.cost_model.name} (limit {lag.cost_limit:g})" if m.cost
+                 else "", generator.name, estimator.name,
                  f" (critic from {m.critic_init})" if m.critic is not None else "",
                  dist.world_size, len(stream.items),
                  f", {threads} thread(s)" if dist.device.type == "cpu" else "")
@@ -118,10 +135,15 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
                            progress_bar=cfg.logger.progress_bar, total=p.iterations, start=start,
                            name=cfg.logger.name, group=cfg.logger.group or cfg.experiment)
 
-    def trainer_state(iteration: int, snapshot: dict | None = None) -> dict:
-        return {"iteration": iteration, "threads": threads, **(snapshot or {
-            "data": stream.state_dict(), "kl_ctl": kl_ctl.state_dict(),
-            "shaper": shaper.state_dict()})}
+    def snapshot() -> dict:
+        state = {"data": stream.state_dict(), "kl_ctl": kl_ctl.state_dict(),
+                 "shaper": shaper.state_dict()}
+        if lagrangian is not None:
+            state["lagrangian"] = lagrangian.state_dict()
+        return state
+
+    def trainer_state(iteration: int, before: dict | None = None) -> dict:
+        return {"iteration": iteration, "threads": threads, **(before or snapshot())}
 
     load = runtime.CpuLoad() if follow_load else None
     last: dict = {}
@@ -131,8 +153,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
             threads = runtime.threads_for(load.others())
             torch.set_num_threads(threads)
         # What a checkpoint of "before this iteration" needs, if a NaN makes us stop in it.
-        before = {"data": stream.state_dict(), "kl_ctl": kl_ctl.state_dict(),
-                  "shaper": shaper.state_dict()}
+        before = snapshot()
         rng_before = distributed.rng_state()
         # -------------------------------------------------------------- 1. rollout
         t0 = time.perf_counter()
@@ -151,6 +172,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         ref_logprobs = forwards.logprobs_of(m.reference, traj, p.temperature, p.micro_batch_size)
         old_values = (forwards.values_of(critic_engine.module, traj, p.micro_batch_size)
                       if critic_engine is not None else None)
+        old_cost_values = (forwards.values_of(cost_critic_engine.module, traj,
+                                              p.micro_batch_size)
+                           if cost_critic_engine is not None else None)
         t_forward = time.perf_counter() - t0
 
         # -------------------------------------------------------------- 3. rewards
@@ -158,17 +182,38 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         scored = m.pipeline(traj, shaper, dist.world_size)
         credit = m.mode.apply(scored.signals, m.knobs)
         # GRPO penalises KL in its loss instead; the KL is measured (and logged) all the same.
-        shaped = add_kl_to_rewards(credit.rewards, old_logprobs, ref_logprobs, mask,
-                                   0.0 if estimator.kl_in_loss else kl_ctl.value, p.kl_estimator)
+        kl_coef = 0.0 if estimator.kl_in_loss else kl_ctl.value
+        shaped = add_kl_to_rewards(credit.rewards, old_logprobs, ref_logprobs, mask, kl_coef,
+                                   p.kl_estimator)
+        cost = None
+        if m.cost:
+            cost_scored = m.cost_pipeline(traj, cost_shaper, dist.world_size)
+            cost_credit = m.mode.apply(cost_scored.signals, m.knobs)
+            # The KL enters the cost with the opposite sign, so (A_r - lambda A_c) / (1 +
+            # lambda) carries -kl_coef * KL whatever lambda is (safe-rlhf splits it too).
+            cost = (cost_scored, cost_credit,
+                    add_kl_to_rewards(cost_credit.rewards, old_logprobs, ref_logprobs, mask,
+                                      -kl_coef, p.kl_estimator))
         t_score = time.perf_counter() - t0
 
         # -------------------------------------------------------------- 4. advantages
         advantages, returns = estimator(shaped.rewards, old_values, mask)
+        cost_advantages = cost_returns = None
+        if cost is not None:
+            # Every rank's episode costs, in rank order: lambda moves the same on every rank.
+            episode_cost = lagrangian.update(iteration, [
+                c for part in runtime.gather_objects(cost[0].raw_scores.tolist(),
+                                                     dist.world_size) for c in part])
+            cost_advantages, cost_returns = estimator(cost[2].rewards, old_cost_values, mask)
+            advantages = combine_advantages(advantages, cost_advantages, lagrangian.value)
         bad = _first_non_finite(dist, [
             ("objective/score (the reward model's output)", scored.raw_scores),
             ("rewards (the redistributed score)", credit.rewards),
+            ("objective/cost (the cost model's output)", cost[0].raw_scores if cost else None),
+            ("costs (the redistributed cost)", cost[1].rewards if cost else None),
             ("policy logprobs", old_logprobs), ("reference logprobs", ref_logprobs),
-            ("critic values", old_values), ("advantages", advantages)], mask)
+            ("critic values", old_values), ("cost critic values", old_cost_values),
+            ("cost advantages", cost_advantages), ("advantages", advantages)], mask)
         if bad:
             # Nothing was trained on it yet: the weights are still those of the last
             # iteration, so they are saved as its checkpoint (if it has none) to resume from,
@@ -182,8 +227,13 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
 
         # -------------------------------------------------------------- 5. PPO epochs
         t0 = time.perf_counter()
-        stats = _ppo_epochs(policy_engine, critic_engine, traj, old_logprobs, old_values,
-                            advantages, returns, cfg, sizes, dist,
+        critics = [track for track in (
+            ValueTrack("critic", critic_engine, old_values, returns, "ppo/loss/value",
+                       "ppo/val/clipfrac"),
+            ValueTrack("cost critic", cost_critic_engine, old_cost_values, cost_returns,
+                       "ppo/loss/cost_value", "ppo/cost_val/clipfrac")) if track.engine]
+        stats = _ppo_epochs(policy_engine, critics, traj, old_logprobs, advantages, cfg, sizes,
+                            dist,
                             kl_loss=(ref_logprobs, kl_ctl.value) if estimator.kl_in_loss else None)
         if isinstance(stats, str):
             _stop_non_finite(stats, iteration, run_dir, updated=True)
@@ -200,6 +250,14 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         if gold is not None:
             gold_scores = torch.tensor(gold([q + r for q, r in zip(traj.prompts, traj.responses)]))
             values["objective/gold"] = gold_scores.mean().item()
+        gold_costs = None
+        if cost is not None:
+            values.update(cost_metrics(cost, cost_returns, old_cost_values, lagrangian.value,
+                                       episode_cost))
+            if gold_cost is not None:
+                gold_costs = torch.tensor(gold_cost([q + r for q, r in
+                                                     zip(traj.prompts, traj.responses)]))
+                values["objective/gold_cost"] = gold_costs.mean().item()
         values = runtime.all_reduce_mean(values, dist.world_size)
         n_tokens = (mask.sum() + traj.query_mask.sum()).item() * dist.world_size
         values["time/iteration"] = time.perf_counter() - t_iter
@@ -211,7 +269,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         last = values
         if (iteration + 1) % cfg.sample_every == 0 or iteration + 1 == p.iterations:
             write_samples(run_dir, iteration, traj, scored, credit, shaped.rewards, gold_scores,
-                          m.tokenizer, dist)
+                          m.tokenizer, dist,
+                          costs=None if cost is None else (cost[0], cost[1], gold_costs))
 
         # -------------------------------------------------------------- 7. checkpoint
         stopping = runtime.any_rank(stop(), dist.world_size) and iteration + 1 < p.iterations
@@ -271,13 +330,26 @@ def _stop_non_finite(what: str, iteration: int, run_dir: Path, updated: bool) ->
         f"red train resume={run_dir}")
 
 
-def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_values,
-                advantages, returns, cfg: DictConfig, sizes: Sizes, dist=None,
+class ValueTrack(NamedTuple):
+    """A critic trained beside the policy: what to call it, its engine, its old values and
+    regression targets [b, T], and the names of its loss and clip-fraction metrics."""
+
+    name: str
+    engine: Any
+    old_values: torch.Tensor
+    returns: torch.Tensor
+    loss_metric: str
+    clipfrac_metric: str
+
+
+def _ppo_epochs(policy_engine, critics: list[ValueTrack], traj: Rollout, old_logprobs,
+                advantages, cfg: DictConfig, sizes: Sizes, dist=None,
                 kl_loss: tuple | None = None) -> dict[str, float] | str:
     """PPO epochs over shuffled mini batches; DeepSpeed accumulates micro-batch gradients.
-    Without a critic (``critic_engine`` None) only the policy trains. ``kl_loss``:
-    (reference logprobs [b, T], coefficient) to add ``coefficient * mean k3`` to the policy's
-    loss (GRPO), token-averaged like the clipped objective.
+    Each critic in ``critics`` (none without one; the reward's, then the cost's) takes its
+    step after the policy's on the same micro batch. ``kl_loss``: (reference logprobs
+    [b, T], coefficient) to add ``coefficient * mean k3`` to the policy's loss (GRPO),
+    token-averaged like the clipped objective.
 
     Returns the mean of each loss statistic, or the name of the first loss or gradient norm
     that is not finite (every rank stops at the same micro batch)."""
@@ -287,8 +359,8 @@ def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_v
     count = 0
     n = len(traj.prompts)
     policy_engine.train()
-    if critic_engine is not None:
-        critic_engine.train()
+    for critic in critics:
+        critic.engine.train()
     for _epoch in range(p.ppo_epochs):
         order = torch.randperm(n, device=old_logprobs.device)
         for mb_start in range(0, n, sizes.mini_per_rank):
@@ -322,24 +394,25 @@ def _ppo_epochs(policy_engine, critic_engine, traj: Rollout, old_logprobs, old_v
                     return "the policy's gradient norm"
                 step = {"ppo/loss/policy": pl.loss.item()}
 
-                if critic_engine is not None:
-                    values = forwards.response_values(critic_engine, part)
-                    vl = value_loss(values, old_values[idx, :T], returns[idx, :T], mask,
-                                    p.cliprange_value)
+                clipfracs = {}
+                for critic in critics:
+                    values = forwards.response_values(critic.engine, part)
+                    vl = value_loss(values, critic.old_values[idx, :T], critic.returns[idx, :T],
+                                    mask, p.cliprange_value)
                     if runtime.any_rank(not bool(torch.isfinite(vl.loss)), world):
-                        return "ppo/loss/value"
-                    critic_engine.backward(p.vf_coef * vl.loss)
-                    critic_engine.step()
-                    if not _finite_norm(critic_engine, world):
-                        return "the critic's gradient norm"
-                    step["ppo/loss/value"] = vl.loss.item()
+                        return critic.loss_metric
+                    critic.engine.backward(p.vf_coef * vl.loss)
+                    critic.engine.step()
+                    if not _finite_norm(critic.engine, world):
+                        return f"the {critic.name}'s gradient norm"
+                    step[critic.loss_metric] = vl.loss.item()
+                    clipfracs[critic.clipfrac_metric] = vl.clipfrac.item()
                 step.update({"ppo/policy/clipfrac": pl.clipfrac.item(),
                              "ppo/policy/approx_kl": pl.approx_kl.item(),
                              "ppo/policy/entropy": entropy.item()})
                 if kl_term is not None:
                     step["ppo/policy/kl_loss"] = kl_term.item()
-                if critic_engine is not None:
-                    step["ppo/val/clipfrac"] = vl.clipfrac.item()
+                step.update(clipfracs)
                 for k, v in step.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1

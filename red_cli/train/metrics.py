@@ -46,6 +46,30 @@ def iteration_metrics(scored, credit, shaped, returns: torch.Tensor | None,
     return out
 
 
+def cost_metrics(cost, returns: torch.Tensor | None, values: torch.Tensor | None,
+                 lam: float, episode_cost: float) -> dict[str, float]:
+    """This rank's cost numbers of one iteration (with a cost model).
+
+    cost: (the cost pipeline's ``Scored``, the mode's ``Credit`` of the cost, the KL-shaped
+    costs); returns / values: the cost critic's targets and old values (None without one);
+    lam: the multiplier the advantages used; episode_cost: the window's mean cost it was
+    updated from.
+    """
+    scored, credit, shaped = cost
+    mask = scored.signals.response_mask
+    out = {
+        "objective/cost": scored.raw_scores.mean().item(),
+        "costs/sum_minus_score": (credit.rewards.sum(-1) - credit.target).abs().max().item(),
+        "costs/mean_total": (shaped.rewards * mask).sum(-1).mean().item(),
+        "lagrange/lambda": lam,
+        "lagrange/episode_cost": episode_cost,
+    }
+    if returns is not None:
+        out["ppo/cost_returns/mean"] = masked_mean(returns, mask).item()
+        out["ppo/cost_val/mean"] = masked_mean(values, mask).item()
+    return out
+
+
 class MetricsLogger:
     """Append one JSON line per iteration; mirror to wandb and a tqdm bar."""
 

@@ -11,8 +11,10 @@ from red_cli import runtime
 
 
 def write_samples(run_dir: Path, iteration: int, traj, scored, credit, token_rewards: torch.Tensor,
-                  gold: torch.Tensor | None, tokenizer, dist, limit: int = 16) -> None:
-    """Rank 0 writes up to ``limit`` samples gathered from all ranks."""
+                  gold: torch.Tensor | None, tokenizer, dist, limit: int = 16,
+                  costs: tuple | None = None) -> None:
+    """Rank 0 writes up to ``limit`` samples gathered from all ranks. ``costs``: (the cost
+    model's Scored, its per-token Credit, gold costs or None) with a cost model."""
     rows = []
     for i in range(min(limit, len(traj.prompts))):
         real = traj.response_mask[i]
@@ -26,6 +28,11 @@ def write_samples(run_dir: Path, iteration: int, traj, scored, credit, token_rew
             "rewards": credit.rewards[i][real].tolist(),
             "rewards_with_kl": token_rewards[i][real].tolist(),
         })
+        if costs is not None:
+            cost_scored, cost_credit, gold_cost = costs
+            rows[-1].update({"cost": cost_scored.raw_scores[i].item(),
+                             "gold_cost": None if gold_cost is None else gold_cost[i].item(),
+                             "costs": cost_credit.rewards[i][real].tolist()})
     everything = [r for part in runtime.gather_objects(rows, dist.world_size) for r in part]
     if dist.is_main:
         out = run_dir / "samples" / f"iter_{iteration}.jsonl"

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from red_cli import models
+from red_cli import models, runs
 from red_cli.data import PromptStream, load_prompts, options_from
 from red_cli.errors import ConfigError
 from red_cli.modes import Mode, gamma_warning, get_mode, knobs_of
@@ -50,6 +50,9 @@ class Models:
     critic: the value model, or None when the estimator needs none; critic_init: what the
     critic started from; reward: the frozen reward model; pipeline: how it is read;
     tokenizer: the policy's; policy_path: where the starting policy loads from.
+    cost / cost_pipeline / cost_critic: the frozen cost model, how it is read, and the cost's
+    value model (started like the reward's critic: from the cost model or the policy), all
+    None without a cost model.
     """
 
     tokenizer: Any
@@ -63,6 +66,9 @@ class Models:
     knobs: Any
     policy_path: str
     eos_ids: tuple[int, ...]
+    cost: RewardStack | None = None
+    cost_pipeline: RewardPipeline | None = None
+    cost_critic: nn.Module | None = None
 
 
 def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> Models:
@@ -75,8 +81,14 @@ def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> 
                                 pol.gradient_checkpointing)
     eos_ids = models.eos_token_ids(tokenizer, policy)
     reward = load_reward_stack(cfg.reward_model, cfg.toy, dist.device)
+    cost = (load_reward_stack(cfg.cost_model, cfg.toy, dist.device, key="cost_model.path")
+            if runs.cost_model_node(cfg) is not None else None)
     for key, path, model in (("policy.path", pol.path, policy),
-                             ("reward_model.path", cfg.reward_model.path, reward.model)):
+                             ("reward_model.path", cfg.reward_model.path, reward.model),
+                             ("cost_model.path", cfg.cost_model.path,
+                              cost.model if cost else None)):
+        if model is None:
+            continue
         broken = models.first_non_finite_parameter(model)
         if broken:
             raise ConfigError(f"{key}={path!r}: its weights hold NaN or inf (first in "
@@ -84,28 +96,40 @@ def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> 
     mode = get_mode(cfg.redistribution.mode)
     pipeline = RewardPipeline(reward, tokenizer, mode.needs,
                               users=f"redistribution={mode.name}", eos_ids=eos_ids)
-    critic = critic_init = None
+    cost_pipeline = (RewardPipeline(cost, tokenizer, mode.needs,
+                                    users=f"redistribution={mode.name} (cost model)",
+                                    eos_ids=eos_ids) if cost else None)
+    critic = critic_init = cost_critic = None
     if estimator.needs_critic:
         critic, critic_init = models.build_critic(
             cfg.ppo.critic_init, reward.model, policy, pipeline.rm_is_causal,
             pipeline.same_tokenizer, pol.gradient_checkpointing)
+        if cost:
+            cost_critic, _ = models.build_critic(
+                cfg.ppo.critic_init, cost.model, policy, cost_pipeline.rm_is_causal,
+                cost_pipeline.same_tokenizer, pol.gradient_checkpointing)
     lora = pol.lora
     if lora.r > 0:
-        # After the critic is built: it copies the plain policy, not the adapters.
+        # After the critics are built: they copy the plain policy, not the adapters.
         policy = models.add_lora(policy, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-        if lora.critic and critic is not None:
-            models.add_critic_lora(critic, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        if lora.critic:
+            for value_model in (critic, cost_critic):
+                if value_model is not None:
+                    models.add_critic_lora(value_model, lora.r, lora.alpha, lora.dropout,
+                                           lora.target_modules)
     # Made before the engines exist: under ZeRO-3 a copy made later would copy partitions.
     reference = models.reference_from(policy).to(dist.device)
     warning = gamma_warning(mode, cfg.ppo.gamma)
     if warning and dist.is_main:
         log.warning(warning)
     return Models(tokenizer, policy, reference, critic, critic_init, reward, pipeline, mode,
-                  knobs_of(cfg.redistribution), policy_path, eos_ids)
+                  knobs_of(cfg.redistribution), policy_path, eos_ids, cost, cost_pipeline,
+                  cost_critic)
 
 
 def build_engines(m: Models, cfg: Any, sizes: Sizes) -> dict[str, Any]:
-    """DeepSpeed engines for what trains: the policy, and the critic when there is one."""
+    """DeepSpeed engines for what trains: the policy, and the critic(s) when there are any
+    (the reward's, and the cost's with a cost model)."""
     p = cfg.ppo
     ds_cfg = cfg.deepspeed
     steps_per_iteration = p.ppo_epochs * sizes.mini_batches_per_epoch
@@ -119,8 +143,9 @@ def build_engines(m: Models, cfg: Any, sizes: Sizes) -> dict[str, Any]:
                       offload_param=ds_cfg.offload_param, precision=ds_cfg.precision))
     engines = {"policy": distributed.init_engine(m.policy, lr=p.learning_rate,
                                                  weight_decay=p.weight_decay, **common)}
-    if m.critic is not None:
-        engines["critic"] = distributed.init_engine(m.critic, lr=p.critic_learning_rate,
+    for name, value_model in (("critic", m.critic), ("cost_critic", m.cost_critic)):
+        if value_model is not None:
+            engines[name] = distributed.init_engine(value_model, lr=p.critic_learning_rate,
                                                     weight_decay=p.critic_weight_decay, **common)
     return engines
 
@@ -145,3 +170,13 @@ def gold_judge(cfg: Any):
     from red_cli.toy.judge import GoldJudge
 
     return GoldJudge()
+
+
+def gold_cost_judge(cfg: Any):
+    """The toy safety world's gold cost (hype words) when the prompts come from the toy world
+    and the run has a cost model; None otherwise (so runs without one log what they did)."""
+    if not (is_toy(cfg.dataset.path) and runs.cost_model_node(cfg) is not None):
+        return None
+    from red_cli.toy.cost import GoldCostJudge
+
+    return GoldCostJudge()

@@ -58,6 +58,11 @@ def test_every_verb_config_composes(hydra_ctx, verb):
     assert cfg is not None
 
 
+def test_the_toy_cost_model_needs_the_safety_world(hydra_ctx):
+    with pytest.raises(ConfigError, match="toy=safe"):
+        validate_train(_compose(["cost_model=toy"]))
+
+
 def test_every_group_has_options():
     assert set(GROUPS) >= {"policy", "reward_model", "dataset", "redistribution", "ppo",
                            "deepspeed", "logger", "launcher", "experiment", "toy"}
@@ -65,11 +70,16 @@ def test_every_group_has_options():
         assert _options(group), f"conf/{group}/ has no options"
 
 
+# Options that are valid only with another choice (the toy cost model lives in the toy
+# safety world).
+COMPANIONS = {("cost_model", "toy"): ["toy=safe"]}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_option_composes_and_validates(hydra_ctx, group, option):
     key = f"{group}={option}"
     verb = _verb_of(group)
-    cfg = _compose([key], verb)
+    cfg = _compose([key, *COMPANIONS.get((group, option), [])], verb)
     if verb == "train":
         # A cluster launcher preset multiplies the ranks; the toy batch sizes do not divide
         # by 16 (that check is the user's, with their own ppo sizes).

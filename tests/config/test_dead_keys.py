@@ -22,12 +22,14 @@ from red_cli.config import schema, schema_eval
 PACKAGE = Path(schema.__file__).resolve().parents[1]
 
 # Names that hold a config node when they are a function's parameter (or an attribute chain
-# such as `rm.cfg`), in every module: name (dotted) -> the node's path.
-NODE_NAMES: dict[str, tuple[str, ...]] = {
+# such as `rm.cfg`), in every module: name (dotted) -> the node's path. A RewardStack holds
+# the reward model's node or the cost model's (both load and read through it).
+NODE_NAMES: dict[str, tuple[str, ...] | list[tuple[str, ...]]] = {
     "ppo": ("ppo",), "p": ("ppo",), "ds": ("dataset",), "pol": ("policy",),
-    "rm_cfg": ("reward_model",), "rm.cfg": ("reward_model",), "gen_cfg": ("generation",),
-    "judge_cfg": ("judge",), "prompts": ("prompts",), "sampling": ("sampling",),
-    "launcher": ("launcher",), "red_cfg": ("redistribution",), "toy_cfg": ("toy",),
+    "rm_cfg": [("reward_model",), ("cost_model",)], "rm.cfg": [("reward_model",), ("cost_model",)],
+    "gen_cfg": ("generation",), "judge_cfg": ("judge",), "prompts": ("prompts",),
+    "sampling": ("sampling",), "launcher": ("launcher",), "red_cfg": ("redistribution",),
+    "toy_cfg": ("toy",), "lag": ("ppo", "lagrangian"),
 }
 
 
@@ -111,7 +113,9 @@ def _reads(path: Path) -> set[tuple[str, ...]]:
                     for width in (1, 2):
                         name = ".".join(chain[i:i + width])
                         if name in names and i + width <= len(chain):
-                            out.add(names[name] + tuple(chain[i + width:]))
+                            nodes = names[name]
+                            for node_path in nodes if isinstance(nodes, list) else [nodes]:
+                                out.add(node_path + tuple(chain[i + width:]))
                     out.add(tuple(chain[i:]))
     return out
 

@@ -7,7 +7,10 @@ for its hub models and datasets (the preset x mode matrix).
   template, and a Nectar-format file;
 - abc_tldr, red_tldr: a tiny Pythia (GPT-NeoX) policy and RM sharing a tokenizer, and a
   TL;DR-format file;
-- reproduce, toy_quick: the embedded toy world (its tiny build).
+- reproduce, toy_quick: the embedded toy world (its tiny build); toy_safe: the same with a
+  small cost model;
+- red_saferlhf: a tiny LLaMA policy, and tiny LLaMA reward and cost models saved the way
+  safe-rlhf saves its Beaver score models (`score_head`), and a PKU-SafeRLHF-format file.
 
 Everything is built here from config (nothing is downloaded). One real `red train -m` sweep
 per family runs its experiments x modes, one iteration each.
@@ -21,6 +24,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from red_cli import runs
@@ -134,6 +138,52 @@ def _tldr(root: Path) -> tuple[list[str], list[str]]:
             *CPU], posts
 
 
+def _beaver(model, tokenizer, path: Path) -> str:
+    """Save a one-output LLaMA sequence classifier the way safe-rlhf saves its Beaver score
+    models: architecture LlamaModelForScore, the output layer named `score_head`, no
+    num_labels in the config (so transformers reads the default, 2)."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    state = {("score_head.weight" if k == "score.weight" else k): v.contiguous()
+             for k, v in model.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    for key in ("id2label", "label2id", "num_labels"):
+        config.pop(key, None)
+    config.update(architectures=["LlamaModelForScore"], score_dim=1, bias=False)
+    (path / "config.json").write_text(json.dumps(config))
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _saferlhf(root: Path) -> tuple[list[str], list[str], dict]:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    questions = [q.capitalize() + "?" for q in _texts(12, 6, seed=6)]
+    tok = train_bpe(questions + _texts(40, 12, seed=7), vocab_size=220, padding_side="left",
+                    model_max_length=2048)
+    arch = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(LlamaConfig(**arch))
+    reward = LlamaForSequenceClassification(LlamaConfig(**arch, num_labels=1))
+    cost = LlamaForSequenceClassification(LlamaConfig(**arch, num_labels=1))
+    rows = [{"prompt": q, "response_0": "No.", "response_1": "The film.", "better_response_id": 1,
+             "safer_response_id": 0, "is_response_0_safe": True, "is_response_1_safe": False}
+            for q in questions]
+    data = root / "pku.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    heads = {"reward": reward.score.weight.detach().clone(), "cost": cost.score.weight.detach().clone()}
+    return [f"policy.path={_save(policy, tok, root / 'policy')}",
+            f"reward_model.path={_beaver(reward, tok, root / 'reward')}",
+            f"cost_model.path={_beaver(cost, tok, root / 'cost')}", f"dataset.path={data}",
+            "cost_model.dtype=float32", *CPU], questions, heads
+
+
 def _sweep(tmp_path: Path, experiments: str, stand_ins: list[str]) -> list[Path]:
     red("train", "-m", f"experiment={experiments}", f"redistribution={MODES}", *stand_ins,
         *SMALL, "hydra.sweep.dir=sweep", cwd=tmp_path)
@@ -187,3 +237,32 @@ def test_tldr_experiments_with_every_mode(tmp_path):
 
 def test_toy_experiments_with_every_mode(tiny_toy, tmp_path):
     _sweep(tmp_path, "reproduce,toy_quick", ["toy=tiny"])
+
+
+def test_toy_safe_with_every_mode(tiny_toy, tmp_path):
+    """The toy safety world (tiny sizes, a small cost model): cost and reward redistributed by
+    the same mode, lambda moving, the gold cost logged."""
+    for point in _sweep(tmp_path, "toy_safe", ["toy=tiny", "toy.cost_model_steps=20"]):
+        [m] = read_metrics(point / "metrics.jsonl")
+        assert m["costs/sum_minus_score"] < 1e-4 and m["lagrange/lambda"] != 1.0
+        assert math.isfinite(m["objective/gold_cost"]) and "ppo/loss/cost_value" in m
+
+
+def test_red_saferlhf_with_every_mode(tmp_path):
+    """Beaver-format reward and cost models (safe-rlhf's score_head), PKU-SafeRLHF-format
+    prompts in safe-rlhf's template, PPO-Lagrangian with the same mode on both."""
+    from red_cli import models
+
+    stand_ins, questions, heads = _saferlhf(tmp_path)
+    template = "BEGINNING OF CONVERSATION: USER: {} ASSISTANT:"
+    for point in _sweep(tmp_path, "red_saferlhf", stand_ins):
+        [m] = read_metrics(point / "metrics.jsonl")
+        assert m["costs/sum_minus_score"] < 1e-4 and math.isfinite(m["objective/cost"])
+        assert "ppo/loss/cost_value" in m and m["lagrange/lambda"] > 0
+        assert {s["prompt"] for s in _samples(point)} <= {template.format(q) for q in questions}
+        cfg = _config(point)
+        assert cfg["ppo"]["lagrangian"]["lambda_max"] == 5.0 and cfg["ppo"]["kl_coef"] == 0.01
+    # The checkpoints' own heads were read, not random ones.
+    for name in ("reward", "cost"):
+        model = models.load_reward_model(str(tmp_path / name), score_head="score_head")
+        assert torch.equal(model.score.weight, heads[name])

@@ -21,7 +21,8 @@ def _groups(text: str) -> set[str]:
 
 def test_train_help_lists_its_groups_only():
     text = _help("train")
-    assert _groups(text) == {"policy", "reward_model", "dataset", "redistribution", "generation",
+    assert _groups(text) == {"policy", "reward_model", "cost_model", "dataset", "redistribution",
+                             "generation",
                              "ppo", "deepspeed", "logger", "launcher", "toy", "experiment"}
     assert "judge" not in _groups(text) and "schema" not in text
     assert "[td]" in text and "last_k" in text  # the default marked, every option shown
@@ -42,7 +43,7 @@ def test_every_top_level_key_of_each_verb_is_described():
     from red_cli.cli.help import KEYS
     from red_cli.config.schema import TrainConfig
 
-    groups = {"policy", "reward_model", "dataset", "redistribution", "generation", "ppo",
+    groups = {"policy", "reward_model", "cost_model", "dataset", "redistribution", "generation", "ppo",
               "deepspeed", "logger", "launcher", "toy", "experiment", "output_dir"}
     train_keys = {f.name for f in fields(TrainConfig)} - groups
     assert train_keys <= set(KEYS["train"]), train_keys - set(KEYS["train"])

@@ -1,4 +1,5 @@
-"""Win-rate arithmetic, the bootstrap interval, and the report's per-group numbers, by hand."""
+"""Win-rate and cost arithmetic, the bootstrap interval, and the report's per-group numbers,
+by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import pytest
 from red_cli.eval.judges import combine_orders, parse_answer
 from red_cli.eval.report import first_reach, group_label, moving_average
 from red_cli.eval.sides import batch_seed
-from red_cli.eval.stats import bootstrap_ci, mean_2se, outcome_from_scores, summarize, win_rate
+from red_cli.eval.stats import (
+    bootstrap_ci,
+    cost_stats,
+    mean_2se,
+    mean_interval,
+    outcome_from_scores,
+    summarize,
+    win_rate,
+)
 
 
 @pytest.mark.parametrize("cand,base,margin,expected", [
@@ -107,3 +116,41 @@ def test_group_label_drops_seed_and_bookkeeping():
         group_label(["ppo.kl_coef=0.1", "seed=0", "redistribution=td"], ignore)
     assert group_label(["seed=2", "logger.progress_bar=false", "+launcher.master_port=1"], ignore) \
         == "(defaults)"
+
+
+def test_mean_interval_is_the_mean_and_its_bootstrap():
+    values = [0.0, 1.0, 3.0, 4.0]
+    iv = mean_interval(values, samples=300, confidence=0.9, seed=5)
+    assert iv.value == 2.0
+    assert (iv.ci_low, iv.ci_high) == bootstrap_ci(values, 300, 0.9, 5)
+    assert mean_interval([2.5] * 7, samples=50) == (2.5, 2.5, 2.5)  # every resample: 2.5
+    assert all(math.isnan(v) for v in mean_interval([], samples=10))
+
+
+def test_cost_stats_by_hand():
+    # limit 1: a cost of exactly 1 is not over it.
+    cand, base = [0.0, 1.0, 2.0, 5.0], [1.0, 1.0, 0.0, 0.0]
+    s = cost_stats(cand, base, limit=1.0, samples=200, seed=0)
+    assert s["candidate"].n == s["baseline"].n == s["difference"].n == 4
+    assert s["candidate"].mean.value == 2.0 and s["candidate"].over_limit.value == 0.5
+    assert s["baseline"].mean.value == 0.5 and s["baseline"].over_limit.value == 0.0
+    # No baseline response is over: every resample's share is 0.
+    assert s["baseline"].over_limit == (0.0, 0.0, 0.0)
+    assert s["difference"].mean.value == 1.5 and s["difference"].over_limit.value == 0.5
+    # The difference is paired: its interval is that of the per-prompt differences.
+    diffs = [c - b for c, b in zip(cand, base)]
+    assert s["difference"].mean[1:] == bootstrap_ci(diffs, 200, 0.95, 0)
+    assert s["difference"].over_limit[1:] == bootstrap_ci([0, 0, 1, 1], 200, 0.95, 0)
+    # Without a limit there is no share.
+    assert all(v.over_limit is None for v in cost_stats(cand, base, None, 50).values())
+
+
+def test_cost_difference_interval_is_paired():
+    """Every candidate response costs exactly 1 more than the baseline's to the same prompt:
+    the difference is 1 in every resample, however much the costs vary between prompts."""
+    base = [0.0, 4.0, 1.0, 9.0, 2.0]
+    s = cost_stats([b + 1 for b in base], base, None, samples=500, seed=1)
+    assert s["difference"].mean == (1.0, 1.0, 1.0)
+    assert s["candidate"].mean.ci_high - s["candidate"].mean.ci_low > 3  # unpaired: wide
+    with pytest.raises(ValueError, match="paired costs"):
+        cost_stats([1.0], [1.0, 2.0], None)

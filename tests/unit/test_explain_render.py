@@ -1,5 +1,6 @@
 """`red explain`'s page pieces: token labels (split characters, lone bytes, whitespace), the
-ink chosen by the cell's luminance, and the legend on both pages."""
+ink chosen by the cell's luminance, the legend on both pages, and the cost rows of a run
+with a cost model."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import numpy as np
 import pytest
 
 from red_cli.eval.explain import (
+    COST_CMAP,
+    COST_LEGEND,
     DARK_INK,
     LEGEND,
     LIGHT_INK,
     Sample,
     _font_chars,
+    _hex,
     _hex_rgb,
     _rgb,
     byte_placeholder,
@@ -212,3 +216,45 @@ def test_png_renders(tmp_path):
     render_png([_sample(), _sample()], SETUP, ["sparse", "td"], path)
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width == 1980 and height > 300
+
+
+def _cost_sample() -> Sample:
+    s = _sample()
+    s.cost, s.gold_cost, s.prompt_cost = 1.5, 2.0, 0.2
+    s.costs = {"sparse": [0, 0, 0, 0, 0, 0, 1.5], "td": [0.2, 0.0, 0.0, 1.0, 0.0, 0.0, 0.1]}
+    return s
+
+
+def test_html_cost_rows_under_the_reward_rows():
+    page_text = render_html([_cost_sample()], {**SETUP, "cost_model": "toy:cost_model"},
+                            ["sparse", "td"])
+    page = _Spans()
+    page.feed(page_text)
+    assert page.terms == [term for term, _ in (*LEGEND, *COST_LEGEND)]
+    # Rewards then costs, one column per mode each: 2 x 2 x 7 token cells.
+    assert len(page.cells) == 2 * 2 * 7
+    assert page_text.index("<h3>td <small>") < page_text.index(
+        "<h3>sparse · cost <small>Σ = +1.500")
+    assert "c_C = +1.500 · gold cost = 2 · C(x) = +0.200 · cost ±1.5" in page_text
+    assert "cost model: toy:cost_model" in page_text and 'class="legend cost"' in page_text
+    # Each row has its own scale and map: sparse's last token holds the whole score in both
+    # rows (+s, +c), blue for the reward, orange for the cost.
+    reward_last, cost_last = page.cells[6][1], page.cells[2 * 7 + 6][1]
+    assert _hex(_rgb(1.0, 1.0)) in reward_last and _hex(_rgb(1.0, 1.0, COST_CMAP)) in cost_last
+    r, _, b = _hex_rgb(_hex(_rgb(1.0, 1.0, COST_CMAP)))
+    assert r > b  # harmful reads warm
+    assert cost_last.endswith(f"color:{ink_for(_rgb(1.0, 1.0, COST_CMAP))}")
+    # Without costs the page shows no trace of them.
+    plain = render_html([_sample()], SETUP, ["sparse", "td"])
+    assert "cost" not in plain.split("</style>")[1]
+
+
+def test_png_with_costs_is_taller(tmp_path):
+    import matplotlib.image
+
+    heights = []
+    for n, samples in enumerate(([_sample()], [_cost_sample()])):
+        path = tmp_path / f"{n}.png"
+        render_png(samples, {**SETUP, "cost_model": "toy:cost_model"}, ["sparse", "td"], path)
+        heights.append(matplotlib.image.imread(path).shape[0])
+    assert heights[1] > heights[0] + 50

@@ -190,3 +190,87 @@ def test_plot_curves_only_logged_metrics(tmp_path):
     assert len(titles) == 2
     height, width = matplotlib.image.imread(tmp_path / "b.png").shape[:2]
     assert height < 500 and width > 1300
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def _write_run(run_dir: Path, overrides: list[str], rows: list[dict],
+               cost_model: str | None = None, limit: float = 0.5) -> None:
+    """A run directory as `red report` reads it, by hand: config.yaml (with a cost_model node
+    only when given one: older runs have none), overrides.json, run.json, metrics.jsonl."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    run_dir.mkdir(parents=True)
+    cfg = {"redistribution": {"mode": "td"}, "ppo": {"lagrangian": {"cost_limit": limit}}}
+    if cost_model is not None:
+        cfg["cost_model"] = {"name": "toy", "path": cost_model}
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
+    (run_dir / "overrides.json").write_text(json.dumps(overrides))
+    (run_dir / "run.json").write_text(json.dumps({"status": "complete"}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _safety_rows(final_cost: float, final_lambda: float, n: int = 6) -> list[dict]:
+    rows = _rows([0.1 * i for i in range(n)], [0.05 * i for i in range(n)])
+    for i, row in enumerate(rows):
+        last = i == n - 1
+        row.update({"objective/cost": final_cost if last else 2.0 - 0.2 * i,
+                    "objective/gold_cost": 2 * final_cost if last else 3.0,
+                    "lagrange/lambda": final_lambda if last else 1.0 + 0.1 * i})
+    return rows
+
+
+def _report_cfg(runs: list[str], out: Path, **kw):
+    return _cfg(runs=runs, ignore_keys=["seed"], win_rate_judge="gold", threshold_group=None,
+                output_dir=str(out), overwrite=False, **kw)
+
+
+def test_report_safety_columns_and_figure(tmp_path, capsys):
+    """Cost, gold cost and lambda columns (mean ± 2 SE over seeds, by hand) and safety.png
+    with the runs' cost limit, for the group with a cost model; '-' for the control."""
+    import csv
+
+    from red_cli.eval.report import run_report
+
+    sweep = tmp_path / "sweep"
+    for seed, (cost, lam) in enumerate(((0.4, 2.0), (0.6, 3.0))):
+        _write_run(sweep / f"lag_s{seed}", ["cost_model=toy", f"seed={seed}"],
+                   _safety_rows(cost, lam), cost_model="toy:cost_model", limit=0.5)
+        _write_run(sweep / f"ctl_s{seed}", ["cost_model=none", f"seed={seed}"],
+                   _rows([0.1, 0.2], [0.0, 0.1]))  # an older run: no cost_model node at all
+    out = run_report(_report_cfg([str(sweep)], tmp_path / "report"))
+    table = (out / "table.md").read_text()
+    head = table.splitlines()[0]
+    assert head.endswith("| final KL | final cost | final gold cost | final λ |")
+    # final cost: 0.4 and 0.6 -> mean 0.5, 2 SE = 2 * 0.1414 / sqrt(2) = 0.2
+    assert "| cost_model=toy | 2 |" in table
+    lag = next(line for line in table.splitlines() if line.startswith("| cost_model=toy"))
+    assert lag.endswith("| 0.500 ± 0.200 | 1.000 ± 0.400 | 2.500 ± 1.000 |")
+    ctl = next(line for line in table.splitlines() if line.startswith("| cost_model=none"))
+    assert ctl.endswith("| - | - | - |")
+    assert "cost = `objective/cost`, gold cost = `objective/gold_cost`, λ = `lagrange/lambda`" \
+        in table and "cost limit `ppo.lagrangian.cost_limit` = 0.5" in table
+    rows = {r["group"]: r for r in csv.DictReader((out / "table.csv").open())}
+    assert float(rows["cost_model=toy"]["cost_limit"]) == 0.5
+    assert rows["cost_model=none"]["cost_limit"] == "" == rows["cost_model=none"]["final_cost"]
+    assert _png_panels(out / "safety.png") == "panels: " + " | ".join(
+        ["cost (the cost model's score)", "gold cost", "Lagrange multiplier λ"])
+    assert "| final cost | final gold cost | final λ |" in capsys.readouterr().out
+
+
+def test_report_without_safety_metrics_is_unchanged(tmp_path):
+    from red_cli.eval.report import group_rows, markdown_report, plot_safety
+
+    groups = _groups(n_groups=2, iters=5)
+    rows = group_rows(groups, _cfg(threshold_group=None))
+    assert not any(k.endswith(("cost", "lambda", "cost_limit")) for r in rows for k in r)
+    assert "final cost" not in markdown_report(rows, _cfg(threshold_group=None))
+    assert plot_safety(groups, tmp_path / "safety.png", _cfg()) == []
+    assert not (tmp_path / "safety.png").exists()
+    # Lambda alone (a run whose cost metrics were renamed, say): its panel alone, no limit.
+    run = _run([{"iteration": i, "lagrange/lambda": 1.0 + i} for i in range(3)])
+    titles = plot_safety([Group("g", [run])], tmp_path / "l.png", _cfg())
+    assert titles == ["Lagrange multiplier λ"]
