@@ -1,6 +1,6 @@
 """When does dense credit help? The study behind docs/RESULTS.md.
 
-    python scripts/study_credit.py                      # both questions, about 2 h on 2 cores
+    python scripts/study_credit.py                      # the three questions, about 2.5 h on 2 cores
     python scripts/study_credit.py --questions critic --seeds 2 --out outputs/study_small
 
 Q1 "critic" (the default toy task, 100 iterations): redistribution sparse / td / abc /
@@ -11,6 +11,12 @@ reinforce_pp (no critic) x `--seeds` seeds.
 Q2 "horizon": sparse / td / abc x the default toy task vs the long-horizon one
 (experiment=toy_long: 5-8 sentence reviews, up to 96 new tokens) under `--horizon-estimator`
 x `--horizon-seeds` seeds. The default-horizon runs are Q1's, not run twice.
+
+Q3 "safety" (the toy safety world, experiment=toy_safe): sparse / td x constrained
+(PPO-Lagrangian, the preset's cost limit) vs unconstrained (`ppo.lagrangian.lambda_init=0`:
+same models, the cost measured, lambda held at 0) x `--safety-seeds` seeds, red's default
+estimator (gae, critics from the reward and cost models). Its summary adds the final cost,
+gold cost and lambda.
 
 Per run: `red eval RUN judge=gold prompts.n=N` (vs its SFT policy). Per question: `red report`
 (final and mean gold, iterations until the smoothed gold reaches `--threshold`, win rate vs
@@ -40,6 +46,7 @@ ESTIMATORS = {
     "reinforce_pp": ["ppo.estimator=reinforce_pp"],
 }
 HORIZONS = {"default": ["experiment=reproduce"], "long": ["experiment=toy_long"]}
+CONSTRAINTS = {"constrained": [], "unconstrained": ["ppo.lagrangian.lambda_init=0"]}
 
 
 def red(*args: str, threads: int, log: Path) -> None:
@@ -75,16 +82,24 @@ def runs_of(args) -> dict[str, list[tuple[Path, list[str]]]]:
               f"redistribution={mode}", f"seed={seed}"])
             for horizon in HORIZONS for mode in ("sparse", "td", "abc")
             for seed in range(args.horizon_seeds)]
+    if "safety" in args.questions:
+        plan["safety"] = [
+            (out / "runs" / f"safe_{constraint}_{mode}_s{seed}",
+             ["experiment=toy_safe", *CONSTRAINTS[constraint], f"redistribution={mode}",
+              f"seed={seed}"])
+            for constraint in CONSTRAINTS for mode in ("sparse", "td")
+            for seed in range(args.safety_seeds)]
     return plan
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/study_credit")
-    ap.add_argument("--questions", default="critic,horizon")
+    ap.add_argument("--questions", default="critic,horizon,safety")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--horizon-seeds", type=int, default=3)
     ap.add_argument("--horizon-estimator", default="reinforce_pp", choices=sorted(ESTIMATORS))
+    ap.add_argument("--safety-seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--eval-prompts", type=int, default=300)
     ap.add_argument("--threshold", type=float, default=0.4)
@@ -100,9 +115,9 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    for horizon in ("default", "long") if "horizon" in plan else ("default",):
-        red("toy", "toy=" + ("long" if horizon == "long" else "default"), threads=os.cpu_count(),
-            log=out / f"toy_{horizon}.log")
+    worlds = ["default"] + ["long"] * ("horizon" in plan) + ["safe"] * ("safety" in plan)
+    for world in worlds:
+        red("toy", f"toy={world}", threads=os.cpu_count(), log=out / f"toy_{world}.log")
     timings["toy worlds"] = time.perf_counter() - t0
 
     def train(job) -> None:
@@ -144,6 +159,9 @@ def main() -> None:
             metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             win = json.loads((run / "eval" / "gold_vs_sft" / "eval.json").read_text())
             last = metrics[-args.smooth:]
+            safety = {f"final_{key.split('/')[1]}": sum(m[key] for m in last) / len(last)
+                      for key in ("objective/cost", "objective/gold_cost", "lagrange/lambda")
+                      if key in metrics[-1]}
             summary.append({
                 "run": run.name, "overrides": list(overrides),
                 "final_gold": sum(m["objective/gold"] for m in last) / len(last),
@@ -151,6 +169,7 @@ def main() -> None:
                 "final_kl": sum(m["objective/kl"] for m in last) / len(last),
                 "win_rate_vs_sft": win["win_rate"],
                 "seconds_per_iteration": sorted(m["time/iteration"] for m in metrics)[len(metrics) // 2],
+                **safety,
             })
         (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     timings["total"] = time.perf_counter() - t_start
