@@ -20,7 +20,8 @@ gold cost and lambda.
 
 Per run: `red eval RUN judge=gold prompts.n=N` (vs its SFT policy). Per question: `red report`
 (final and mean gold, iterations until the smoothed gold reaches `--threshold`, win rate vs
-SFT, final KL) into OUT/<question>/, and OUT/<question>/summary.json with every run's
+SFT, final KL) into OUT/<question>/ (and OUT/<question>/<estimator or horizon>/, a figure
+each), and OUT/<question>/summary.json with every run's
 numbers. Resumable: a finished run or evaluation is skipped, a stopped run is resumed.
 `--jobs` runs at once, each with cores / jobs torch threads.
 """
@@ -148,12 +149,20 @@ def main() -> None:
             list(pool.map(fn, jobs))
         timings[name] = time.perf_counter() - t0
 
-    for question, runs in plan.items():
-        folder = out / question
-        folder.mkdir(exist_ok=True)
+    def report(runs: list, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         red("report", *[str(r) for r, _ in runs], f"output_dir={folder}", "overwrite=true",
             f"threshold={args.threshold}", "threshold_metric=gold", f"smooth={args.smooth}",
             f"final_window={args.smooth}", threads=threads, log=folder / "report.log")
+
+    for question, runs in plan.items():
+        folder = out / question
+        report(runs, folder)
+        # One more report per estimator (Q1) or per horizon (Q2): four or three curves a figure.
+        part_of = {"critic": lambda run: run.name.split("_", 1)[1].rsplit("_", 2)[0],
+                   "horizon": lambda run: run.name.split("_", 1)[0]}.get(question)
+        for part in dict.fromkeys(part_of(r) for r, _ in runs) if part_of else ():
+            report([(r, o) for r, o in runs if part_of(r) == part], folder / part)
         summary = []
         for run, overrides in runs:
             metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
