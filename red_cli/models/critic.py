@@ -36,15 +36,18 @@ class Critic(nn.Module):
 
 
 def build_critic(init: str, reward_model: nn.Module, policy: nn.Module, rm_is_causal: bool,
-                 same_tokenizer: bool, gradient_checkpointing: bool = False) -> tuple[Critic, str]:
+                 same_tokenizer: bool, gradient_checkpointing: bool = False,
+                 role: str = "reward model") -> tuple[Critic, str]:
     """Return the critic and what it was initialised from (after any fallback).
 
-    ``policy`` is the plain causal LM, before any adapters are added to it.
+    ``policy`` is the plain causal LM, before any adapters are added to it. ``reward_model``
+    is the scorer the critic's values estimate (``role``: "reward model" or "cost model").
     """
     if init == "reward_model" and not (rm_is_causal and same_tokenizer):
         why = "bidirectional" if not rm_is_causal else "with another tokenizer"
-        log.warning("ppo.critic_init=reward_model: the reward model is %s, so it cannot read "
-                    "policy prefixes as values; initialising the critic from the policy", why)
+        critic = "critic" if role == "reward model" else f"{role.split()[0]} critic"
+        log.warning("ppo.critic_init=reward_model: the %s is %s, so it cannot read policy "
+                    "prefixes as values; initialising the %s from the policy", role, why, critic)
         init = "policy"
     if init == "reward_model":
         critic = Critic(*causal_parts(copy.deepcopy(reward_model)))

@@ -107,7 +107,7 @@ def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> 
         if cost:
             cost_critic, _ = models.build_critic(
                 cfg.ppo.critic_init, cost.model, policy, cost_pipeline.rm_is_causal,
-                cost_pipeline.same_tokenizer, pol.gradient_checkpointing)
+                cost_pipeline.same_tokenizer, pol.gradient_checkpointing, role="cost model")
     lora = pol.lora
     if lora.r > 0:
         # After the critics are built: they copy the plain policy, not the adapters.
