@@ -8,7 +8,7 @@ uniform x three ways of estimating advantages: gae with the critic started from 
 model (red's default), gae with the critic started from the policy (it knows nothing), and
 reinforce_pp (no critic) x `--seeds` seeds.
 
-Q2 "horizon": sparse / td / abc x the default toy task vs the long-horizon one
+Q2 "horizon": `--horizon-modes` (sparse / td / abc) x the default toy task vs the long-horizon one
 (experiment=toy_long: 5-8 sentence reviews, up to 96 new tokens) under `--horizon-estimator`
 x `--horizon-seeds` seeds. The default-horizon runs are Q1's, not run twice.
 
@@ -81,7 +81,7 @@ def runs_of(args) -> dict[str, list[tuple[Path, list[str]]]]:
             (out / "runs" / f"{horizon}_{args.horizon_estimator}_{mode}_s{seed}",
              [*HORIZONS[horizon], *ESTIMATORS[args.horizon_estimator],
               f"redistribution={mode}", f"seed={seed}"])
-            for horizon in HORIZONS for mode in ("sparse", "td", "abc")
+            for horizon in HORIZONS for mode in args.horizon_modes.split(",")
             for seed in range(args.horizon_seeds)]
     if "safety" in args.questions:
         plan["safety"] = [
@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--horizon-seeds", type=int, default=3)
     ap.add_argument("--horizon-estimator", default="reinforce_pp", choices=sorted(ESTIMATORS))
+    ap.add_argument("--horizon-modes", default="sparse,td,abc")
     ap.add_argument("--safety-seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--eval-prompts", type=int, default=300)
