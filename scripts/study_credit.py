@@ -1,6 +1,6 @@
 """When does dense credit help? The study behind docs/RESULTS.md.
 
-    python scripts/study_credit.py                      # the three questions, about 2.5 h on 2 cores
+    python scripts/study_credit.py                      # the three questions (docs/RESULTS.md)
     python scripts/study_credit.py --questions critic --seeds 2 --out outputs/study_small
 
 Q1 "critic" (the default toy task, 100 iterations): redistribution sparse / td / abc /
@@ -99,7 +99,8 @@ def main() -> None:
     ap.add_argument("--questions", default="critic,horizon,safety")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--horizon-seeds", type=int, default=3)
-    ap.add_argument("--horizon-estimator", default="reinforce_pp", choices=sorted(ESTIMATORS))
+    # Q1's answer: where td helped most (docs/RESULTS.md).
+    ap.add_argument("--horizon-estimator", default="gae_policy_critic", choices=sorted(ESTIMATORS))
     ap.add_argument("--horizon-modes", default="sparse,td,abc")
     ap.add_argument("--safety-seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
