@@ -27,10 +27,15 @@ class Critic(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Values [b, L]. Position ids count the mask's real tokens unless given (packed rows:
+        no mask, positions restarting with each sequence, ``Rollout.packed``)."""
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
         hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=False,
         ).last_hidden_state
         return self.head(hidden).squeeze(-1).float()
 

@@ -39,12 +39,13 @@ def gather_logprobs(
     materialised (OpenRLHF ``log_probs_from_logits``). Differentiable.
 
     Args:
-        logits: [b, T, V], already aligned so that ``logits[:, t]`` predicts ``labels[:, t]``.
-        labels: [b, T] long token ids (padding ids are fine; mask the result).
+        logits: [..., V] ([b, T, V], or [n, V] for n tokens), aligned so that each row of V
+            predicts the label at the same index.
+        labels: [...] long token ids (padding ids are fine; mask the result).
         chunk_rows: rows of V logits per logsumexp call.
 
     Returns:
-        logprobs: [b, T], float32 for half-precision logits, else the logits' dtype.
+        logprobs: [...], float32 for half-precision logits, else the logits' dtype.
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)
     label_logits = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1).to(dtype)
@@ -63,10 +64,10 @@ def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = _CHUNK_ROWS) -> 
     ``entropy_from_logits``), chunked over rows like ``gather_logprobs``.
 
     Args:
-        logits: [b, T, V].
+        logits: [..., V].
 
     Returns:
-        entropy: [b, T] (float32 for half-precision logits).
+        entropy: [...] (float32 for half-precision logits).
     """
     return _chunked(_entropy, logits, chunk_rows)
 

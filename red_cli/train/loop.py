@@ -368,18 +368,22 @@ def _ppo_epochs(policy_engine, critics: list[ValueTrack], traj: Rollout, old_log
             for mc_start in range(0, len(mini), p.micro_batch_size):
                 idx = mini[mc_start:mc_start + p.micro_batch_size]
                 # Columns that are padding in every row of this micro batch cost compute and
-                # change nothing: dropped (docs/PERFORMANCE.md).
+                # change nothing: dropped (docs/PERFORMANCE.md). Models that pack rows skip
+                # the rest of the padding too (forwards.packs_rows).
                 part = traj.select(idx).without_padding()
                 mask = part.response_mask
                 T = mask.shape[1]
 
+                # [n, V]: the real response tokens only.
                 logits = forwards.response_logits(policy_engine, part, p.temperature)
-                logprobs = gather_logprobs(logits, part.response_ids)
+                logprobs = forwards.per_token(
+                    gather_logprobs(logits, part.response_ids[mask]), mask)
                 pl = policy_loss(logprobs, old_logprobs[idx, :T], advantages[idx, :T], mask,
                                  p.cliprange)
                 # Entropy keeps its graph only when it is part of the loss.
-                entropy = masked_mean(
-                    entropy_from_logits(logits if p.ent_coef > 0 else logits.detach()), mask)
+                entropy = masked_mean(forwards.per_token(
+                    entropy_from_logits(logits if p.ent_coef > 0 else logits.detach()), mask),
+                    mask)
                 loss = pl.loss - p.ent_coef * entropy if p.ent_coef > 0 else pl.loss
                 kl_term = None
                 if kl_loss is not None:

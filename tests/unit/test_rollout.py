@@ -70,17 +70,20 @@ def test_response_logits_trimmed_head_equals_full_logits():
     for temperature in (1.0, 0.5):
         trimmed = response_logits(_EngineLike(model), traj, temperature)
         full = response_logits(_NoTrim(model), traj, temperature)
-        assert trimmed.shape == full.shape == (2, 5, 40)
+        # One row of logits per real response token (3 + 5).
+        assert trimmed.shape == full.shape == (8, 40)
         torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
         # Plain loop: logits at position P - 1 + t predict response token t.
         ids = torch.cat([query, response], 1)
         mask = torch.cat([qmask, response != 0], 1)
+        k = 0
         for i in range(2):
             real = mask[i].nonzero()[:, 0]
             out = model(input_ids=ids[i, real][None]).logits[0] / temperature
             n_prompt = int(qmask[i].sum())
             for t in range(int((response[i] != 0).sum())):
-                torch.testing.assert_close(trimmed[i, t], out[n_prompt - 1 + t], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(trimmed[k], out[n_prompt - 1 + t], atol=1e-4, rtol=1e-4)
+                k += 1
 
 
 def test_micro_batches_without_padding_columns_give_the_same_numbers():
