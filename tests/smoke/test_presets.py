@@ -239,6 +239,7 @@ def test_toy_experiments_with_every_mode(tiny_toy, tmp_path):
     _sweep(tmp_path, "reproduce,toy_quick", ["toy=tiny"])
 
 
+@pytest.mark.slow  # the default run has toy_safe's wiring in tests/smoke/test_safety.py
 def test_toy_safe_with_every_mode(tiny_toy, tmp_path):
     """The toy safety world (tiny sizes, a small cost model): cost and reward redistributed by
     the same mode, lambda moving, the gold cost logged."""
