@@ -348,16 +348,19 @@ def _response_logits_before(policy, rollout, temperature):
     logits = policy(input_ids=rollout.input_ids, attention_mask=mask.long(),
                     position_ids=position_ids_from_mask(mask), use_cache=False).logits
     start = rollout.query_ids.shape[1] - 1
-    return logits[:, start:start + rollout.response_ids.shape[1]].float() / temperature
+    logits = logits[:, start:start + rollout.response_ids.shape[1]].float() / temperature
+    # Today's callers take the real response tokens' logits, [n, V].
+    return logits[rollout.response_mask]
 
 
 class Before:
     """The code as it was before the speed-up (git 0629705): every micro batch padded to the
-    whole rollout's widest prompt and longest response, the LM head on every position,
-    fresh tensors NaN-filled (torch's default under deterministic algorithms)."""
+    whole rollout's widest prompt and longest response (no packing), the LM head on every
+    position, fresh tensors NaN-filled (torch's default under deterministic algorithms)."""
 
     def __enter__(self):
         self.patches = [mock.patch.object(forwards, "response_logits", _response_logits_before),
+                        mock.patch.object(forwards, "packs_rows", lambda model: False),
                         mock.patch.object(Rollout, "without_padding", lambda self: self)]
         for patch in self.patches:
             patch.start()
