@@ -246,17 +246,17 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
                   "time/update": t_update}
         if scored.signals.prompt_scores is not None:
             values["rewards/prompt_score"] = scored.signals.prompt_scores.mean().item()
-        gold_scores = None
+        # What the toy world's gold judges read: prompt + response.
+        texts = [q + r for q, r in zip(traj.prompts, traj.responses)]
+        gold_scores = gold_costs = None
         if gold is not None:
-            gold_scores = torch.tensor(gold([q + r for q, r in zip(traj.prompts, traj.responses)]))
+            gold_scores = torch.tensor(gold(texts))
             values["objective/gold"] = gold_scores.mean().item()
-        gold_costs = None
         if cost is not None:
             values.update(cost_metrics(cost, cost_returns, old_cost_values, lagrangian.value,
                                        episode_cost))
             if gold_cost is not None:
-                gold_costs = torch.tensor(gold_cost([q + r for q, r in
-                                                     zip(traj.prompts, traj.responses)]))
+                gold_costs = torch.tensor(gold_cost(texts))
                 values["objective/gold_cost"] = gold_costs.mean().item()
         values = runtime.all_reduce_mean(values, dist.world_size)
         n_tokens = (mask.sum() + traj.query_mask.sum()).item() * dist.world_size
