@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from red_cli.errors import ConfigError
+from red_cli.generation import backend_choices
 from red_cli.generation import registry as generation_backends
 from red_cli.modes import registry as mode_registry
 from red_cli.toy import is_toy
@@ -49,6 +50,16 @@ class Collector:
     def choice(self, key: str, value: Any, choices: tuple) -> None:
         self.require(value in choices, key, value, "must be one of " + ", ".join(choices))
 
+
+
+def _check_generation(c, gen: Any) -> None:
+    """generation.backend, and the knobs of every backend it may run (auto: all of them)."""
+    c.choice("generation.backend", gen.backend, backend_choices())
+    backends = generation_backends()
+    for name in (backends if gen.backend == "auto" else [gen.backend] if gen.backend in backends
+                 else []):
+        for key, value, allowed in backends[name].check(gen[name]):
+            c.errors.append(f"generation.{name}.{key}={value!r}: {allowed}")
 
 def looks_local(path: str) -> bool:
     """A path the user means as a file or folder here (hub ids like `org/name-1.5` are not)."""
@@ -115,7 +126,7 @@ def validate_train(cfg: Any, world_size: int | None = None) -> None:
     if mode in modes:
         for key, value, allowed in modes[mode].check(cfg.redistribution[mode]):
             c.errors.append(f"redistribution.{mode}.{key}={value!r}: {allowed}")
-    c.choice("generation.backend", cfg.generation.backend, tuple(generation_backends()))
+    _check_generation(c, cfg.generation)
 
     p = cfg.ppo
     for key in ("iterations", "rollout_batch_size", "mini_batch_size", "micro_batch_size",
@@ -262,7 +273,7 @@ def _check_sampling(c: Collector, cfg: Any) -> None:
     mpl = cfg.prompts.max_prompt_length
     c.require(mpl is None or mpl >= 1, "prompts.max_prompt_length", mpl, "must be >= 1 or null")
     c.choice("device", cfg.device, DEVICES)
-    c.choice("generation.backend", cfg.generation.backend, tuple(generation_backends()))
+    _check_generation(c, cfg.generation)
 
 
 def validate_eval(cfg: Any) -> None:

@@ -183,7 +183,8 @@ def load_side(spec: PolicySpec, device: str, generation: Any, sampling: Sampling
     model = models.load_policy(spec.path, spec.dtype, spec.trust_remote_code).to(device)
     model.eval()
     sampling = dataclasses.replace(sampling, eos_token_ids=models.eos_token_ids(tokenizer, model))
-    return LoadedPolicy(spec, model, tokenizer, build_generator(generation, tokenizer, sampling))
+    return LoadedPolicy(spec, model, tokenizer,
+                        build_generator(generation, tokenizer, sampling, device, model))
 
 
 def usable_prompts(texts: list[str], tokenizer, n: int, max_prompt_length: int,

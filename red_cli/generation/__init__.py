@@ -2,32 +2,80 @@
 
 - ``spec``: the :class:`Generator` protocol a backend implements, :class:`Sampling`, :class:`Backend`;
 - ``rollout``: :class:`Rollout`, what a generator returns;
-- ``hf``: transformers' `generate` (today's only backend).
+- ``sampling``: next-token sampling as transformers' `generate` does it;
+- ``hf``: transformers' `generate` (dynamic KV cache), the reference;
+- ``static``: a static KV cache and red's own decode loop, the step compiled on GPU.
+
+``generation=auto`` (the default) picks the fastest backend that supports the model on the
+run's device: ``static`` on CUDA for a decoder-only transformers model, ``hf`` otherwise (on
+CPU the two take the same time; see static.py).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
+
+import torch
 
 from red_cli.generation.rollout import Rollout
 from red_cli.generation.spec import Backend, Generator, Sampling
 
-__all__ = ["Backend", "Generator", "Rollout", "Sampling", "build_generator", "registry"]
+__all__ = ["AUTO", "Backend", "Generator", "Rollout", "Sampling", "backend_choices",
+           "build_generator", "registry", "static_supports"]
+
+AUTO = "auto"
 
 
 @functools.cache
 def registry() -> dict[str, Backend]:
     """name -> Backend."""
-    from red_cli.generation import hf
+    from red_cli.generation import hf, static
 
-    return {b.name: b for b in (hf.BACKEND,)}
+    return {b.name: b for b in (hf.BACKEND, static.BACKEND)}
 
 
-def build_generator(gen_cfg, tokenizer, sampling: Sampling) -> Generator:
-    """The generator a ``generation`` config node selects, built once for a run."""
+def backend_choices() -> tuple[str, ...]:
+    """What ``generation.backend`` accepts: ``auto`` and every registered backend."""
+    return (AUTO, *registry())
+
+
+def static_supports(model) -> bool:
+    """Whether ``static`` can sample from ``model``: a decoder-only transformers model whose
+    forward takes a ``cache`` and ``position_ids`` (a peft model: its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return False
+    params = inspect.signature(base.forward).parameters
+    return "cache" in params and "position_ids" in params
+
+
+def resolve(name: str, device: torch.device | str, model=None) -> str:
+    """The backend ``generation.backend=name`` runs: ``auto`` -> static on CUDA when the model
+    supports it, else hf; any other name as it is."""
+    if name != AUTO:
+        return name
+    cuda = torch.device(device).type == "cuda"
+    return "static" if cuda and (model is None or static_supports(model)) else "hf"
+
+
+def build_generator(gen_cfg, tokenizer, sampling: Sampling, device: torch.device | str = "cpu",
+                    model=None) -> Generator:
+    """The generator a ``generation`` config node selects, built once for a run; ``device``
+    and ``model`` decide what ``auto`` runs."""
     backends = registry()
-    if gen_cfg.backend not in backends:
+    if gen_cfg.backend not in backend_choices():
         raise ValueError(f"generation.backend={gen_cfg.backend!r}: must be one of "
-                         + ", ".join(backends))
-    backend = backends[gen_cfg.backend]
-    return backend.build(gen_cfg[backend.name], tokenizer, sampling)
+                         + ", ".join(backend_choices()))
+    backend = backends[resolve(gen_cfg.backend, device, model)]
+    generator = backend.build(gen_cfg[backend.name], tokenizer, sampling)
+    generator.auto = gen_cfg.backend == AUTO
+    return generator
+
+
+def describe(generator: Generator, device: torch.device | str) -> str:
+    """What a start-up line says of the generator: its backend, how it runs, and whether
+    ``auto`` chose it."""
+    text = generator.describe(torch.device(device))
+    return text + (" (auto)" if getattr(generator, "auto", False) else "")

@@ -24,6 +24,9 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.sampling = sampling
 
+    def describe(self, device: torch.device) -> str:
+        return "hf (transformers generate, dynamic KV cache)"
+
     @torch.no_grad()
     def generate(self, model: nn.Module, prompts: list[str], query_ids: Tensor,
                  query_mask: Tensor) -> Rollout:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor, nn
 
 from red_cli.generation.rollout import Rollout
@@ -49,13 +50,19 @@ class Generator(Protocol):
     def generate(self, model: nn.Module, prompts: list[str], query_ids: Tensor,
                  query_mask: Tensor) -> Rollout: ...
 
+    def describe(self, device: torch.device) -> str:
+        """The backend and how it runs on ``device``, for start-up lines."""
+        ...
+
 
 @dataclass(frozen=True)
 class Backend:
     """One generation backend: ``generation=<name>`` selects it, ``generation.<name>.*`` are
-    its knobs, and ``build(knobs, tokenizer, sampling)`` makes its Generator."""
+    its knobs, ``build(knobs, tokenizer, sampling)`` makes its Generator, and ``check(knobs)``
+    lists (knob, value, what is allowed) for each invalid knob, for the start-up checks."""
 
     name: str
     knobs: type
     build: Callable[[Any, Any, Sampling], Generator]
     summary: str = ""
+    check: Callable[[Any], list[tuple[str, Any, str]]] = lambda knobs: []

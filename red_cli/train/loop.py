@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from red_cli import models, runs, runtime
 from red_cli.errors import Interrupted, NonFinite
-from red_cli.generation import Rollout, Sampling, build_generator
+from red_cli.generation import Rollout, Sampling, build_generator, describe
 from red_cli.reward.shaping import ScoreShaper
 from red_cli.rlhf.kl import AdaptiveKLController, FixedKLController, add_kl_to_rewards, k3
 from red_cli.rlhf.lagrangian import Lagrangian, combine_advantages
@@ -87,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
     gold_cost = gold_cost_judge(cfg)
     generator = build_generator(cfg.generation, m.tokenizer,
                                 Sampling(p.max_new_tokens, p.temperature, p.top_k, p.top_p,
-                                         eos_token_ids=m.eos_ids))
+                                         eos_token_ids=m.eos_ids), dist.device, m.policy)
     engines = build_engines(m, cfg, sizes)
     policy_engine, critic_engine = engines["policy"], engines.get("critic")
     cost_critic_engine = engines.get("cost_critic")
@@ -125,7 +125,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         log.info("run %s: %s, rm %s%s, generation %s, estimator %s%s, %d rank(s), %d prompts%s",
                  run_dir, m.mode.name, cfg.reward_model.name,
                  f", cost model {cfg.cost_model.name} (limit {lag.cost_limit:g})" if m.cost
-                 else "", generator.name, estimator.name,
+                 else "", describe(generator, dist.device), estimator.name,
                  f" (critic from {m.critic_init})" if m.critic is not None else "",
                  dist.world_size, len(stream.items),
                  f", {threads} thread(s)" if dist.device.type == "cpu" else "")

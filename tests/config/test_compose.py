@@ -146,6 +146,10 @@ def test_typos_fail_at_compose(hydra_ctx, override):
     ("ppo.estimator=vtrace", "ppo.estimator"),
     ("policy.lora.r=-1", "policy.lora.r"),
     ("policy.lora.target_modules=[all-linear,c_fc]", "policy.lora.target_modules"),
+    ("generation.backend=vllm", "generation.backend"),
+    ("generation.static.compile=yes", "generation.static.compile"),
+    ("generation.static.prompt_bucket=0", "generation.static.prompt_bucket"),
+    ("generation.static.stop_check_every=-2", "generation.static.stop_check_every"),
 ])
 def test_range_checks_name_the_key(hydra_ctx, override, key):
     cfg = _compose([override])
