@@ -28,6 +28,8 @@ with torch AdamW), on one process.
 --batch / --mini-batch / --micro-batch / --epochs / --new-tokens override a model's sizes.
 
 --device cuda runs on the GPU (timings synchronise the device at every phase boundary);
+--generation picks the backend as `red train generation=` does (default auto: static, its
+decode step in a CUDA graph, on CUDA; hf on CPU); round 0, not timed, compiles it.
 --dtype bf16 loads the policy, reference, RM and critic in bfloat16 and trains under
 DeepSpeed's bf16 (`deepspeed.precision=bf16 policy.dtype=bfloat16 reward_model.dtype=bfloat16`
 in `red train` terms); fp32 is `red train`'s default. --modes picks the modes to run
@@ -72,6 +74,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import torch
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -90,10 +93,9 @@ def _device_arg() -> str:
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if _device_arg() == "cuda" else "cpu")
 
 from red_cli import models  # noqa: E402
-from red_cli.config.schema import PPOConfig, RewardModelConfig  # noqa: E402
+from red_cli.config.schema import GenerationConfig, PPOConfig, RewardModelConfig  # noqa: E402
 from red_cli.data import PromptStream, load_prompts  # noqa: E402
-from red_cli.generation import Rollout, Sampling  # noqa: E402
-from red_cli.generation.hf import HFGenerator  # noqa: E402
+from red_cli.generation import Rollout, Sampling, build_generator, describe  # noqa: E402
 from red_cli.modes import registry  # noqa: E402
 from red_cli.reward.pipeline import RewardPipeline  # noqa: E402
 from red_cli.reward.shaping import ScoreShaper  # noqa: E402
@@ -146,9 +148,10 @@ def build(model: str, seed: int, device: torch.device, dtype: str):
 
         common = dict(GPT2_SHAPES[model], bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        policy = models.disable_dropout(GPT2LMHeadModel(GPT2Config(**common)))
-        rm = models.freeze(models.disable_dropout(
-            GPT2ForSequenceClassification(GPT2Config(**common, num_labels=1))))
+        # As models.load_policy / load_reward_model make them (dropout off, GELU fused).
+        policy = models.fuse_gelu(models.disable_dropout(GPT2LMHeadModel(GPT2Config(**common))))
+        rm = models.freeze(models.fuse_gelu(models.disable_dropout(
+            GPT2ForSequenceClassification(GPT2Config(**common, num_labels=1)))))
     # As `red train` loads them with policy.dtype / reward_model.dtype, on the run's device.
     policy = policy.to(device=device, dtype=DTYPES[dtype])
     rm = rm.to(device=device, dtype=DTYPES[dtype])
@@ -206,7 +209,7 @@ def rest_of_iteration(mode, pipe, traj, policy_engine, critic_engine, reference,
 
 
 def bench_model(model: str, rounds: int, seed: int, variants: dict, modes: list[str],
-                device: torch.device, dtype: str, overrides: dict) -> dict:
+                device: torch.device, dtype: str, overrides: dict, backend: str = "auto") -> dict:
     p = PPOConfig(**{**SIZES[model], **overrides}, learning_rate=3e-5, critic_learning_rate=5e-5)
     sizes = derived_sizes(p, 1)
     tokenizer, policy, reference, rm, critic = build(model, seed, device, dtype)
@@ -214,7 +217,9 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict, modes: list[
     rm_cfg = RewardModelConfig(name="toy", path="toy:rm", max_length=256)
     pipes = {m: RewardPipeline(RewardStack(rm_cfg, rm, tokenizer), tokenizer, MODES[m].needs)
              for m in modes}
-    generator = HFGenerator(tokenizer, Sampling(p.max_new_tokens))
+    gen_cfg = OmegaConf.structured(GenerationConfig(backend=backend))
+    generator = build_generator(gen_cfg, tokenizer, Sampling(p.max_new_tokens), device, policy)
+    print(f"  {model}: generation {describe(generator, device)}", file=sys.stderr, flush=True)
     stream = PromptStream(load_prompts("toy:prompts_train", "train", "prompt"), tokenizer,
                           global_batch=p.rollout_batch_size, rank=0, world_size=1, seed=seed,
                           max_prompt_length=16)
@@ -248,7 +253,8 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict, modes: list[
         print(f"  {model} round {r}/{rounds} done", file=sys.stderr, flush=True)
     n = lambda m: sum(x.numel() for x in m.parameters())  # noqa: E731
     return dict(results=results, tokens=tokens, p=p, policy_params=n(policy), rm_params=n(rm),
-                critic_params=n(critic), device=str(device), dtype=dtype)
+                critic_params=n(critic), device=str(device), dtype=dtype,
+                generation=describe(generator, device))
 
 
 def table(model: str, out: dict, base_variant: str) -> str:
@@ -261,7 +267,8 @@ def table(model: str, out: dict, base_variant: str) -> str:
         f"### {model}: policy {out['policy_params'] / 1e6:.1f}M, RM {out['rm_params'] / 1e6:.1f}M "
         f"params; rollout {p.rollout_batch_size}, mini {p.mini_batch_size}, micro "
         f"{p.micro_batch_size}, {p.ppo_epochs} PPO epochs, max_new_tokens {p.max_new_tokens}; "
-        f"{out['device']}, {out['dtype']}; {len(res[next(iter(res))]['iteration'])} rounds",
+        f"{out['device']}, {out['dtype']}; generation {out['generation']}; "
+        f"{len(res[next(iter(res))]['iteration'])} rounds",
         "",
         "| mode | variant | generate s | forwards s | score s | update s | iteration s "
         f"| vs {base_mode} (paired median) | scoring overhead vs {base_mode} |",
@@ -389,6 +396,9 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, help="default: the model's, capped at the mini batch")
     ap.add_argument("--epochs", type=int, help="PPO epochs (default: the model's)")
     ap.add_argument("--new-tokens", type=int, help="max new tokens (default: the model's)")
+    ap.add_argument("--generation", default="auto", choices=("auto", "hf", "static"),
+                    help="the generation backend (as `red train generation=...`; auto: static "
+                         "on CUDA, hf on CPU)")
     ap.add_argument("--hbm-tbps", type=float, help="memory bandwidth, TB/s (floors)")
     ap.add_argument("--bf16-tflops", type=float, help="peak dense bf16 TFLOP/s (floors)")
     ap.add_argument("--fp32-tflops", type=float, help="peak fp32 TFLOP/s (floors)")
@@ -430,7 +440,7 @@ def main() -> None:
         overrides["micro_batch_size"] = args.micro_batch or min(SIZES[model]["micro_batch_size"],
                                                                 mini)
         out = bench_model(model, args.rounds, args.seed, variants, modes, device, args.dtype,
-                          overrides)
+                          overrides, args.generation)
         print(table(model, out, "current"), "\n", flush=True)
         print(floors(out, hw), "\n", flush=True)
 

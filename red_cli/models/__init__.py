@@ -13,12 +13,14 @@ embedded task (``red_cli.toy.resolve_path``); all load through `from_pretrained`
 from red_cli.models.critic import Critic, build_critic
 from red_cli.models.loading import (
     DTYPES,
+    FusedGELUTanh,
     disable_dropout,
     enable_checkpointing,
     eos_token_ids,
     first_non_finite_parameter,
     fold_label_weights,
     freeze,
+    fuse_gelu,
     load_policy,
     load_reward_model,
     load_tokenizer,
@@ -35,6 +37,6 @@ from red_cli.models.lora import (
 
 __all__ = ["DTYPES", "AdaptersDisabled", "Critic", "add_critic_lora", "add_lora", "build_critic",
            "disable_dropout", "enable_checkpointing", "eos_token_ids", "first_non_finite_parameter",
-           "fold_label_weights", "freeze", "is_lora",
+           "fold_label_weights", "freeze", "FusedGELUTanh", "fuse_gelu", "is_lora",
            "load_policy", "load_reward_model", "load_tokenizer", "merged_lora_policy",
            "reference_from", "safetensors_only"]

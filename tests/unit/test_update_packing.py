@@ -207,3 +207,28 @@ def test_a_packed_ppo_update_equals_the_padded_one(kind):
         assert stats[key] == pytest.approx(want_stats[key], rel=1e-4, abs=1e-6), key
     for got, want in zip(weights, want_weights):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_gelu_is_gpt2s_gelu_new():
+    """models.fuse_gelu: the same function as transformers' gelu_new, in one kernel; a GPT-2's
+    logits and gradients move by float rounding only."""
+    from transformers.activations import NewGELUActivation
+
+    from red_cli.models import FusedGELUTanh, fuse_gelu
+
+    x = torch.linspace(-8, 8, 10001)
+    torch.testing.assert_close(FusedGELUTanh()(x), NewGELUActivation()(x), atol=5e-7, rtol=0)
+    model = tiny("gpt2")
+    ids = torch.randint(3, V, (3, 9), generator=torch.Generator().manual_seed(0))
+    plain = model(ids).logits
+    plain.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    fused = fuse_gelu(copy.deepcopy(model))
+    assert not any(isinstance(m, NewGELUActivation) for m in fused.modules())
+    assert sum(isinstance(m, FusedGELUTanh) for m in fused.modules()) == 2  # one per block
+    out = fused(ids).logits
+    out.sum().backward()
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    for n, p in fused.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4)
