@@ -147,6 +147,10 @@ def init_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, betas
     with runtime.quiet_native_output("DeepSpeed's engine set-up"):
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=sched,
                                           config=config, dist_init_required=False)
+    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
+        # Alone, the gradient all-reduce is an identity that still flattens every gradient
+        # into buckets and copies them back after each backward (6-9% of the toy's update).
+        engine.enable_backward_allreduce = False
     return engine
 
 
