@@ -42,7 +42,7 @@ from red_cli.generation.sampling import sample_next
 from red_cli.generation.spec import Backend, Sampling
 from red_cli.rlhf.masking import truncate_after_eos
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("red")
 
 COMPILE_CHOICES = ("auto", "on", "off")
 
@@ -115,7 +115,8 @@ class StaticGenerator:
         self.tokenizer = tokenizer
         self.sampling = sampling
         self._cache = None  # (key, StaticCache)
-        self._compiled: dict[int, object] = {}  # id(model) -> compiled forward
+        # id(model) -> its compiled forward, or "failed" (then the step runs eagerly)
+        self._compiled: dict[int, object] = {}
         self._said = False
 
     def compiles(self, device: torch.device) -> bool:
@@ -141,7 +142,7 @@ class StaticGenerator:
         if key not in self._compiled:
             mode = "reduce-overhead" if device.type == "cuda" else None
             self._compiled[key] = torch.compile(model, mode=mode, dynamic=False, fullgraph=False)
-        return self._compiled[key]
+        return model if self._compiled[key] == "failed" else self._compiled[key]
 
     def _static_cache(self, model: nn.Module, batch: int, length: int, device, dtype):
         from transformers import StaticCache
@@ -164,7 +165,17 @@ class StaticGenerator:
         model.eval()
         try:
             with merged_lora(model) as lm:
-                response_ids = self._decode(lm, query_ids, query_mask, eos, tok.pad_token_id)
+                try:
+                    response_ids = self._decode(lm, query_ids, query_mask, eos, tok.pad_token_id)
+                except Exception as err:  # noqa: BLE001 (any failure of the compiler stack)
+                    if self._compiled.get(id(lm)) in (None, "failed"):
+                        raise
+                    # A compiler or graph-capture failure: say so once, sample eagerly from
+                    # now on (this rollout starts again; its first draws are lost).
+                    log.warning("generation static: compiling the decode step failed (%s: %s); "
+                                "it runs eagerly from now on", type(err).__name__, err)
+                    self._compiled[id(lm)] = "failed"
+                    response_ids = self._decode(lm, query_ids, query_mask, eos, tok.pad_token_id)
         finally:
             model.train(was_training)
         response_ids, response_mask = truncate_after_eos(response_ids, eos, tok.pad_token_id,

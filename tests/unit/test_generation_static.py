@@ -259,3 +259,30 @@ def test_compiled_step_draws_the_eager_steps_tokens_on_cpu():
     eager = sample("static", model, Sampling(12, top_p=0.9), seed=4, compile="off")
     compiled = sample("static", model, Sampling(12, top_p=0.9), seed=4, compile="on")
     assert torch.equal(compiled.response_ids, eager.response_ids)
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, caplog):
+    """compile=on whose compiled step raises (a compiler or graph-capture failure): the
+    rollout is sampled eagerly, the failure said once, and not tried again."""
+    import red_cli.generation.static as static
+
+    calls = []
+
+    def broken_compile(model, **kwargs):
+        def step(**inputs):
+            calls.append(1)
+            raise RuntimeError("no C++ compiler")
+        return step
+
+    monkeypatch.setattr(static.torch, "compile", broken_compile)
+    model = tiny("gpt2")
+    gen = generator("static", Sampling(12), compile="on")
+    query, qmask = left_pad(PROMPTS, pad_id=PAD)
+    with caplog.at_level("WARNING", logger="red"):
+        torch.manual_seed(0)
+        first = gen.generate(model, [""] * 6, query, qmask)
+        torch.manual_seed(0)
+        second = gen.generate(model, [""] * 6, query, qmask)
+    assert len(calls) == 1 and caplog.text.count("compiling the decode step failed") == 1
+    assert torch.equal(second.response_ids, sample("hf", model, Sampling(12), seed=0).response_ids)
+    assert first.response_mask.any(1).all()
