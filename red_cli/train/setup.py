@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from red_cli import models, runs
@@ -119,6 +120,13 @@ def build_models(cfg: Any, dist: distributed.DistInfo, estimator: Estimator) -> 
                                            lora.target_modules)
     # Made before the engines exist: under ZeRO-3 a copy made later would copy partitions.
     reference = models.reference_from(policy).to(dist.device)
+    # DeepSpeed's bf16 / fp16 casts the policy it trains; the KL anchor must compute in the
+    # same type, or the KL starts away from 0 (measured: -0.0018 per response on the toy
+    # task with policy.dtype=float32 deepspeed.precision=bf16). A LoRA reference is the
+    # policy itself.
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.deepspeed.precision)
+    if half is not None and lora.r == 0:
+        reference = reference.to(dtype=half)
     warning = gamma_warning(mode, cfg.ppo.gamma)
     if warning and dist.is_main:
         log.warning(warning)

@@ -105,3 +105,16 @@ def test_red_toy_command_prints_summary(tiny_toy, tmp_path):
     assert set(summary["reward_models"]) == {"toy", "toy_xtok", "toy_bidir"}
     assert summary["paths"]["toy:policy"] == str(tiny_toy.policy)
     assert not any(tmp_path.iterdir()), "red toy writes nothing into the working directory"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_first_kl_is_zero_in_every_precision(tiny_toy, tmp_path, precision):
+    """Before any step the policy is the reference, so the KL is 0, also when DeepSpeed casts
+    the float32 policy to bf16 (the reference computes in the type the policy trains in)."""
+    from red_cli.train.loop import train
+
+    cfg = compose_train([*QUICK, "ppo.iterations=1", f"deepspeed.precision={precision}"], tmp_path)
+    runs.create(tmp_path, cfg, [])
+    train(cfg, tmp_path)
+    first = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert first["objective/kl"] == 0.0
