@@ -207,7 +207,7 @@ def run_red(args, shape: dict, workdir: Path, tag: str) -> dict:
         f"ppo.micro_batch_size={b}", f"ppo.ppo_epochs={args.epochs}", f"ppo.max_new_tokens={t}",
         f"ppo.iterations={args.iterations}", "logger=disabled", "logger.progress_bar=false",
         "checkpoint_every=1000000", "sample_every=1000000", f"threads={args.threads}",
-        "device=cpu", f"seed={args.seed}", f"hydra.run.dir={run_dir}",
+        "device=cpu", f"seed={args.seed}", f"hydra.run.dir={run_dir}", *args.red_override,
     ]
     done = workdir / "runs" / f"{tag}.done"
     done.unlink(missing_ok=True)
@@ -329,6 +329,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads, both sides")
     ap.add_argument("--epochs", type=int, default=4, help="PPO epochs")
     ap.add_argument("--mode", default="sparse", help="red's redistribution (TRL: sparse)")
+    ap.add_argument("--red-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="an extra `red train` override (repeatable), e.g. "
+                         "generation=static generation.static.compile=on")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=REPO / "outputs" / "bench_vs_trl")
     ap.add_argument("--red-python", default=sys.executable)
@@ -341,7 +344,9 @@ def main() -> None:
         ap.error(f"no TRL python at {args.trl_python}: make TRL's venv (this file's docstring)")
     shapes = ["small", "large"] if args.shape == "both" else [args.shape]
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {args.threads} "
-          f"threads; red mode {args.mode}", flush=True)
+          f"threads; red mode {args.mode}"
+          + (f"; red overrides {' '.join(args.red_override)}" if args.red_override else ""),
+          flush=True)
     out = {}
     t_start = time.time()
     for name in shapes:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+
+from red_cli.rlhf.masking import truncate_after_eos
 
 
 @dataclass
@@ -99,3 +102,25 @@ class Packed:
     position_ids: torch.Tensor  # [R, W], restarting at 0 with each sequence
     predictors: torch.Tensor  # [n] long: flat index into [R * W] of the slot whose output
     # predicts each real response token, in the order of response_mask.nonzero()
+
+
+def from_samples(tokenizer, prompts: list[str], query_ids: torch.Tensor,
+                 query_mask: torch.Tensor, sampled: torch.Tensor, eos: list[int]) -> Rollout:
+    """The rollout of sampled ids [b, t] (after the prompt): each response ends at its first EOS
+    or sampled pad token (kept, so none is empty), its text decoded without special tokens."""
+    pad = tokenizer.pad_token_id
+    response_ids, response_mask = truncate_after_eos(sampled, eos, pad, keep_sampled_pad=True)
+    responses = tokenizer.batch_decode(response_ids.masked_fill(~response_mask, pad),
+                                       skip_special_tokens=True)
+    return Rollout(list(prompts), responses, query_ids, query_mask, response_ids, response_mask)
+
+
+@contextlib.contextmanager
+def sampling_mode(model: torch.nn.Module):
+    """``model`` in eval mode (no dropout) while sampling, its own mode back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -37,10 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from red_cli.generation.rollout import Rollout
+from red_cli.generation.rollout import Rollout, from_samples, sampling_mode
 from red_cli.generation.sampling import sample_next
 from red_cli.generation.spec import Backend, Sampling
-from red_cli.rlhf.masking import truncate_after_eos
 
 log = logging.getLogger("red")
 
@@ -161,29 +160,19 @@ class StaticGenerator:
                  query_mask: Tensor) -> Rollout:
         tok, s = self.tokenizer, self.sampling
         eos = list(s.eos_token_ids) or [tok.eos_token_id]
-        was_training = model.training
-        model.eval()
-        try:
-            with merged_lora(model) as lm:
-                try:
-                    response_ids = self._decode(lm, query_ids, query_mask, eos, tok.pad_token_id)
-                except Exception as err:  # noqa: BLE001 (any failure of the compiler stack)
-                    if self._compiled.get(id(lm)) in (None, "failed"):
-                        raise
-                    # A compiler or graph-capture failure: say so once, sample eagerly from
-                    # now on (this rollout starts again; its first draws are lost).
-                    log.warning("generation static: compiling the decode step failed (%s: %s); "
-                                "it runs eagerly from now on", type(err).__name__, err)
-                    self._compiled[id(lm)] = "failed"
-                    response_ids = self._decode(lm, query_ids, query_mask, eos, tok.pad_token_id)
-        finally:
-            model.train(was_training)
-        response_ids, response_mask = truncate_after_eos(response_ids, eos, tok.pad_token_id,
-                                                         keep_sampled_pad=True)
-        responses = tok.batch_decode(response_ids.masked_fill(~response_mask, tok.pad_token_id),
-                                     skip_special_tokens=True)
-        return Rollout(list(prompts), responses, query_ids, query_mask, response_ids,
-                       response_mask)
+        with sampling_mode(model), merged_lora(model) as lm:
+            try:
+                sampled = self._decode(lm, query_ids, query_mask, eos, tok.pad_token_id)
+            except Exception as err:  # noqa: BLE001 (any failure of the compiler stack)
+                if self._compiled.get(id(lm)) in (None, "failed"):
+                    raise
+                # A compiler or graph-capture failure: say so once, sample eagerly from now
+                # on (this rollout starts again; its first draws are lost).
+                log.warning("generation static: compiling the decode step failed (%s: %s); "
+                            "it runs eagerly from now on", type(err).__name__, err)
+                self._compiled[id(lm)] = "failed"
+                sampled = self._decode(lm, query_ids, query_mask, eos, tok.pad_token_id)
+        return from_samples(tok, prompts, query_ids, query_mask, sampled, eos)
 
     def _decode(self, model: nn.Module, query_ids: Tensor, query_mask: Tensor,
                 eos: list[int], pad: int) -> Tensor:
