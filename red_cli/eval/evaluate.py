@@ -102,10 +102,10 @@ def run_eval(cfg: DictConfig) -> dict:
 
     out = output_dir(cfg, cand_spec, base_spec, run)
     cost_model = plan.model.path if plan.model is not None else None
-    done = store.prepare(out, store.fingerprint(cfg, cand_spec, base_spec, prompt_cfg, sampling,
-                                                cost_model), cfg.overwrite)
-
+    # Loaded first: the fingerprint holds the backend `generation=auto` picks for it.
     cand = load_side(cand_spec, device, cfg.generation, sampling)
+    done = store.prepare(out, store.fingerprint(cfg, cand_spec, base_spec, prompt_cfg, sampling,
+                                                cost_model, cand.generator.name), cfg.overwrite)
     texts = read_prompts(prompt_cfg, toy)
     prompts = usable_prompts(texts, cand.tokenizer, prompt_cfg["n"],
                              prompt_cfg["max_prompt_length"], cand_spec.use_chat_template)

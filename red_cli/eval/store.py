@@ -19,9 +19,10 @@ _TRANSPORT_KEYS = ("concurrency", "max_retries", "backoff_s", "timeout_s", "api_
 
 
 def fingerprint(cfg: DictConfig, cand: PolicySpec, base: PolicySpec, prompts: dict,
-                sampling: Sampling, cost_model: str | None = None) -> dict:
+                sampling: Sampling, cost_model: str | None = None, backend: str = "hf") -> dict:
     """What a resumed evaluation must share with the one it continues (``cost_model``: the
-    path of the cost model that scores each item, if any)."""
+    path of the cost model that scores each item, if any; ``backend``: the generation backend
+    that samples, ``generation=auto`` resolved)."""
     judge = {k: v for k, v in OmegaConf.to_container(cfg.judge, resolve=True).items()
              if k not in _TRANSPORT_KEYS}
     # prompts.n is left out: items are the first n usable prompts, so a larger n extends
@@ -32,9 +33,11 @@ def fingerprint(cfg: DictConfig, cand: PolicySpec, base: PolicySpec, prompts: di
                         if k != "eos_token_ids"},  # read from the models, not a setting
            "seed": int(cfg.seed),
            "batch_size": int(cfg.batch_size), "tie_margin": float(cfg.tie_margin)}
-    if cfg.generation.backend != "hf":
-        # Only then: evaluations made before backends existed keep their fingerprint.
-        out["generation"] = OmegaConf.to_container(cfg.generation, resolve=True)
+    if backend != "hf":
+        # Only then: evaluations made before backends existed (or sampled by hf since, as
+        # `auto` does on CPU) keep their fingerprint.
+        out["generation"] = {**OmegaConf.to_container(cfg.generation, resolve=True),
+                             "backend": backend}
     if cost_model is not None:
         # Only then, likewise; items scored by another cost model do not mix with these.
         out["cost_model"] = cost_model
