@@ -21,35 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-def red(*args: str, threads: int | None = None, log: Path | None = None) -> None:
-    env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "red_cli", *args]
-    if log is None:
-        subprocess.run(cmd, check=True, env=env)
-        return
-    with log.open("w") as out:
-        proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        tail = log.read_text().splitlines()[-20:]
-        raise RuntimeError(f"{' '.join(args)} failed (see {log}):\n" + "\n".join(tail))
-
-
-def complete(run: Path) -> bool:
-    try:
-        return json.loads((run / "run.json").read_text())["status"] == "complete"
-    except (OSError, ValueError, KeyError):
-        return False
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import red, run_steps, status, threads_per_job  # noqa: E402
 
 
 def main() -> None:
@@ -64,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = threads_per_job(args.jobs)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -79,7 +57,7 @@ def main() -> None:
 
     def train(job) -> None:
         run, mode, seed = job
-        if complete(run):
+        if status(run) == "complete":
             return
         t = time.perf_counter()
         # A half-written run from an interrupted invocation is continued, not restarted.
@@ -98,13 +76,7 @@ def main() -> None:
         red("eval", str(run), "judge=gold", f"prompts.n={args.eval_prompts}", threads=threads,
             log=out / f"eval_{run.name}.log")
 
-    for name, fn in (("train", train), ("eval", evaluate)):
-        t0 = time.perf_counter()
-        print(f"{name}: {len(jobs)} runs, {args.jobs} at a time, {threads} torch thread(s) each",
-              flush=True)
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(fn, jobs))
-        timings[name] = time.perf_counter() - t0
+    run_steps((("train", train), ("eval", evaluate)), jobs, args.jobs, timings)
 
     t0 = time.perf_counter()
     red("report", str(out), "threshold_group=sparse", "threshold_metric=gold",

@@ -32,13 +32,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import red, run_steps, status, threads_per_job  # noqa: E402
 
 # name -> the overrides of one way to estimate advantages.
 ESTIMATORS = {
@@ -48,23 +47,6 @@ ESTIMATORS = {
 }
 HORIZONS = {"default": ["experiment=reproduce"], "long": ["experiment=toy_long"]}
 CONSTRAINTS = {"constrained": [], "unconstrained": ["ppo.lagrangian.lambda_init=0"]}
-
-
-def red(*args: str, threads: int, log: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    with log.open("w") as out:
-        proc = subprocess.run([sys.executable, "-m", "red_cli", *args], cwd=REPO, env=env,
-                              stdout=out, stderr=subprocess.STDOUT)
-    if proc.returncode:
-        tail = log.read_text().splitlines()[-20:]
-        raise RuntimeError(f"red {' '.join(args)} failed (see {log}):\n" + "\n".join(tail))
-
-
-def status(run: Path) -> str | None:
-    try:
-        return json.loads((run / "run.json").read_text())["status"]
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def runs_of(args) -> dict[str, list[tuple[Path, list[str]]]]:
@@ -111,7 +93,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = threads_per_job(args.jobs)
     plan = runs_of(args)
     jobs = list(dict.fromkeys((run, tuple(o)) for runs in plan.values() for run, o in runs))
     t_start = time.perf_counter()
@@ -143,13 +125,7 @@ def main() -> None:
         red("eval", str(run), "judge=gold", f"prompts.n={args.eval_prompts}", threads=threads,
             log=run.parent / f"eval_{run.name}.log")
 
-    for name, fn in (("train", train), ("eval", evaluate)):
-        t0 = time.perf_counter()
-        print(f"{name}: {len(jobs)} runs, {args.jobs} at a time, {threads} thread(s) each",
-              flush=True)
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(fn, jobs))
-        timings[name] = time.perf_counter() - t0
+    run_steps((("train", train), ("eval", evaluate)), jobs, args.jobs, timings)
 
     def report(runs: list, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
