@@ -58,3 +58,10 @@ def run_steps(steps: Sequence[tuple[str, Callable]], jobs: list, parallel: int,
         with ThreadPoolExecutor(parallel) as pool:
             list(pool.map(fn, jobs))
         timings[name] = time.perf_counter() - t0
+
+
+def gold_eval(run: Path, prompts: int, threads: int, log: Path) -> None:
+    """`red eval RUN judge=gold prompts.n=N` (vs its SFT policy), unless already done."""
+    if (run / "eval" / "gold_vs_sft" / "eval.json").exists():
+        return
+    red("eval", str(run), "judge=gold", f"prompts.n={prompts}", threads=threads, log=log)

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _runs import red, run_steps, status, threads_per_job  # noqa: E402
+from _runs import gold_eval, red, run_steps, status, threads_per_job  # noqa: E402
 
 # name -> the overrides of one way to estimate advantages.
 ESTIMATORS = {
@@ -120,10 +120,7 @@ def main() -> None:
 
     def evaluate(job) -> None:
         run = job[0]
-        if (run / "eval" / "gold_vs_sft" / "eval.json").exists():
-            return
-        red("eval", str(run), "judge=gold", f"prompts.n={args.eval_prompts}", threads=threads,
-            log=run.parent / f"eval_{run.name}.log")
+        gold_eval(run, args.eval_prompts, threads, run.parent / f"eval_{run.name}.log")
 
     run_steps((("train", train), ("eval", evaluate)), jobs, args.jobs, timings)
 
