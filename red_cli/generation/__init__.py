@@ -14,12 +14,12 @@ CPU the two take the same time; see static.py).
 from __future__ import annotations
 
 import functools
-import inspect
 
 import torch
 
 from red_cli.generation.rollout import Rollout
 from red_cli.generation.spec import Backend, Generator, Sampling
+from red_cli.generation.static import static_supports
 
 __all__ = ["AUTO", "Backend", "Generator", "Rollout", "Sampling", "backend_choices",
            "build_generator", "registry", "static_supports"]
@@ -38,17 +38,6 @@ def registry() -> dict[str, Backend]:
 def backend_choices() -> tuple[str, ...]:
     """What ``generation.backend`` accepts: ``auto`` and every registered backend."""
     return (AUTO, *registry())
-
-
-def static_supports(model) -> bool:
-    """Whether ``static`` can sample from ``model``: a decoder-only transformers model whose
-    forward takes a ``cache`` and ``position_ids`` (a peft model: its base model)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False):
-        return False
-    params = inspect.signature(base.forward).parameters
-    return "cache" in params and "position_ids" in params
 
 
 def resolve(name: str, device: torch.device | str, model=None) -> str:

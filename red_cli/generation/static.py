@@ -31,12 +31,14 @@ follow: the step then runs eagerly.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from red_cli.errors import ConfigError
 from red_cli.generation.rollout import Rollout, from_samples, sampling_mode
 from red_cli.generation.sampling import sample_next
 from red_cli.generation.spec import Backend, Sampling
@@ -83,6 +85,25 @@ def merged_lora(model: nn.Module):
         for layer, weight in saved:
             layer.unmerge()
             layer.get_base_layer().weight.data.copy_(weight)
+
+
+def cache_argument(model: nn.Module) -> str | None:
+    """The name under which ``model``'s forward takes a KV cache: ``cache`` (transformers
+    since ~5.20), ``past_key_values`` (before), or None (a model ``static`` cannot drive)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    params = inspect.signature(base.forward).parameters
+    if "position_ids" not in params:
+        return None
+    return next((name for name in ("cache", "past_key_values") if name in params), None)
+
+
+def static_supports(model: nn.Module) -> bool:
+    """Whether ``static`` can sample from ``model``: a decoder-only transformers model whose
+    forward takes a KV cache and ``position_ids`` (a peft model: its base model)."""
+    return cache_argument(model) is not None
 
 
 def _partitioned(model: nn.Module) -> bool:
@@ -179,6 +200,11 @@ class StaticGenerator:
         """[b, P] left-padded prompts -> [b, t] sampled ids, pad after a row's EOS; t <= the
         maximum, fewer when every row ended earlier."""
         s, device = self.sampling, query_ids.device
+        arg = cache_argument(model)
+        if arg is None:
+            raise ConfigError(f"generation=static: {type(model).__name__}.forward takes no KV cache "
+                              "with position ids (`cache` or `past_key_values`, `position_ids`); "
+                              "use generation=hf")
         b, width = query_ids.shape
         bucket = self.knobs.prompt_bucket
         extra = -width % bucket
@@ -193,8 +219,8 @@ class StaticGenerator:
         positions = (query_mask.long().cumsum(1) - 1).clamp(min=0)
         cache_positions = torch.arange(prompt_len + new, device=device)
         out = model(input_ids=query_ids, attention_mask=mask, position_ids=positions,
-                    cache=cache, cache_position=cache_positions[:prompt_len], use_cache=True,
-                    logits_to_keep=1)
+                    cache_position=cache_positions[:prompt_len], use_cache=True,
+                    logits_to_keep=1, **{arg: cache})
         step = self._step(model, device)
         position = positions[:, -1:]
         eos_ids = torch.tensor(eos, device=device)
@@ -210,8 +236,8 @@ class StaticGenerator:
                 return tokens[:, :t + 1]
             position = position + 1
             out = step(input_ids=token[:, None], attention_mask=mask, position_ids=position,
-                       cache=cache, cache_position=cache_positions[prompt_len + t:prompt_len + t + 1],
-                       use_cache=True)
+                       cache_position=cache_positions[prompt_len + t:prompt_len + t + 1],
+                       use_cache=True, **{arg: cache})
         return tokens
 
 

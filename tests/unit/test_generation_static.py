@@ -286,3 +286,38 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, caplog):
     assert len(calls) == 1 and caplog.text.count("compiling the decode step failed") == 1
     assert torch.equal(second.response_ids, sample("hf", model, Sampling(12), seed=0).response_ids)
     assert first.response_mask.any(1).all()
+
+
+class _PastKeyValues(torch.nn.Module):
+    """A causal LM whose forward takes the cache as `past_key_values` (transformers before
+    the `cache` rename)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=None, logits_to_keep=0, **kwargs):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids, cache=past_key_values, use_cache=use_cache,
+                          logits_to_keep=logits_to_keep, **kwargs)
+
+
+def test_the_cache_goes_under_the_name_the_model_takes():
+    from red_cli.errors import ConfigError
+    from red_cli.generation.static import cache_argument
+
+    model = tiny("gpt2")
+    old = _PastKeyValues(model)
+    assert cache_argument(model) == "cache" and cache_argument(old) == "past_key_values"
+    ref = sample("static", model, Sampling(12), seed=2)
+    assert torch.equal(sample("static", old, Sampling(12), seed=2).response_ids, ref.response_ids)
+
+    class NoCache(torch.nn.Module):
+        config = model.config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return input_ids
+
+    with pytest.raises(ConfigError, match="generation=static: NoCache.forward takes no KV cache"):
+        sample("static", NoCache(), Sampling(4), seed=0)
