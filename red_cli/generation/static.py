@@ -106,6 +106,36 @@ def static_supports(model: nn.Module) -> bool:
     return cache_argument(model) is not None
 
 
+def _step_masks(model: nn.Module, arg: str, cache, mask: Tensor, batch: int, dtype):
+    """(position, cache_position) -> the attention mask of one decode step.
+
+    As transformers' own static-cache generation does: the 4D mask is built before the step
+    (``masking_utils.create_masks_for_generate``, or the model's own), so that the compiled
+    step does not build it from the cache's state inside the graph. Where that function is
+    missing or takes other arguments (transformers versions), the 2D mask is passed and the
+    model builds the 4D one itself."""
+    plain = lambda position, cache_position: mask  # noqa: E731
+    try:
+        from transformers.masking_utils import create_masks_for_generate
+    except ImportError:
+        return plain
+    build = getattr(model, "create_masks_for_generate", None) or create_masks_for_generate
+    params = inspect.signature(build).parameters
+    if not {"config", "inputs_embeds", "attention_mask", "position_ids"} <= set(params):
+        return plain
+    shape = torch.empty((batch, 1, 0), dtype=dtype, device=mask.device)
+
+    def step_mask(position, cache_position):
+        extra = {"cache_position": cache_position} if "cache_position" in params else {}
+        built = build(config=model.config, inputs_embeds=shape, attention_mask=mask,
+                      position_ids=position, **{arg: cache}, **extra)
+        if isinstance(built, dict):
+            return {k: v.contiguous() if isinstance(v, Tensor) else v for k, v in built.items()}
+        return built.contiguous() if isinstance(built, Tensor) else built
+
+    return step_mask
+
+
 def _partitioned(model: nn.Module) -> bool:
     """True for ZeRO-3 parameters (gathered afresh for every rollout)."""
     return any(hasattr(p, "ds_id") for p in model.parameters())
@@ -222,6 +252,7 @@ class StaticGenerator:
                     cache_position=cache_positions[:prompt_len], use_cache=True,
                     logits_to_keep=1, **{arg: cache})
         step = self._step(model, device)
+        step_mask = _step_masks(model, arg, cache, mask, b, dtype)
         position = positions[:, -1:]
         eos_ids = torch.tensor(eos, device=device)
         ended = torch.zeros(b, dtype=torch.bool, device=device)
@@ -235,9 +266,10 @@ class StaticGenerator:
             if t + 1 == new or ((t + 1) % every == 0 and bool(ended.all())):
                 return tokens[:, :t + 1]
             position = position + 1
-            out = step(input_ids=token[:, None], attention_mask=mask, position_ids=position,
-                       cache_position=cache_positions[prompt_len + t:prompt_len + t + 1],
-                       use_cache=True, **{arg: cache})
+            cache_position = cache_positions[prompt_len + t:prompt_len + t + 1]
+            out = step(input_ids=token[:, None], attention_mask=step_mask(position, cache_position),
+                       position_ids=position, cache_position=cache_position, use_cache=True,
+                       **{arg: cache})
         return tokens
 
 
