@@ -9,7 +9,9 @@ shapes change each step, so nothing can be captured once and replayed. Here:
   ``StaticCache`` of ``bucket + max_new_tokens`` columns, kept from one rollout to the next
   while the shapes stay the same;
 - the prompt runs once (prefill), then one forward per new token with fixed shapes: [b, 1]
-  ids and positions, one cache position, a [b, bucket + max_new_tokens] mask made once;
+  ids and positions, one cache position, and the step's 4D attention mask, built before the
+  step from a [b, bucket + max_new_tokens] padding mask made once (as transformers' own
+  static-cache generation builds it, outside the compiled forward);
 - with ``compile`` on, that one-token step is `torch.compile`d as transformers compiles its
   own static-cache generation (mode "reduce-overhead": on CUDA the step becomes a replayed
   CUDA graph); sampling stays outside the graph, in the same operations as `generate`
@@ -22,8 +24,9 @@ shapes change each step, so nothing can be captured once and replayed. Here:
 
 On CPU with compile off this draws the same tokens as `hf` from the same seed (the same
 logits and the same sampling operations; tests/unit/test_generation_static.py), and takes
-about the same time: the CPU's cost is the model's own forward. Compiling on CPU costs ~25 s
-per shape for a ~0.6x decode step on the toy model, so ``compile=auto`` compiles on CUDA only.
+about the same time: the CPU's cost is the model's own forward. Compiling on CPU takes 7-25 s
+per shape for rollouts 0.63-0.94x as long (docs/PERFORMANCE.md), so ``compile=auto`` compiles
+on CUDA only.
 Under ZeRO-3 the gathered weights are new tensors every rollout, which a captured graph cannot
 follow: the step then runs eagerly.
 """
