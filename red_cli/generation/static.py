@@ -25,7 +25,7 @@ shapes change each step, so nothing can be captured once and replayed. Here:
 On CPU with compile off this draws the same tokens as `hf` from the same seed (the same
 logits and the same sampling operations; tests/unit/test_generation_static.py), and takes
 about the same time: the CPU's cost is the model's own forward. Compiling on CPU takes 7-25 s
-per shape for rollouts 0.63-0.94x as long (docs/PERFORMANCE.md), so ``compile=auto`` compiles
+per shape for rollouts 0.79-0.94x as long (docs/PERFORMANCE.md), so ``compile=auto`` compiles
 on CUDA only.
 Under ZeRO-3 the gathered weights are new tensors every rollout, which a captured graph cannot
 follow: the step then runs eagerly.
