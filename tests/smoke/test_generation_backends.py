@@ -5,6 +5,7 @@ start-up line says which backend ran and whether `auto` chose it."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from red_cli import runs
@@ -46,9 +47,15 @@ def test_static_backend_with_lora(tiny_toy, tmp_path, caplog):
     assert len(metrics) == 2 and metrics[-1]["objective/response_length"] > 0
 
 
-def test_static_backend_under_zero3_two_ranks(tiny_toy, tmp_path):
-    red("train", *QUICK, "generation=static", "deepspeed=zero3", "launcher.nproc_per_node=2",
-        "ppo.iterations=2", "hydra.run.dir=run", cwd=tmp_path)
+def test_static_backend_with_lora_under_zero3_two_ranks(tiny_toy, tmp_path):
+    """Weights gathered once per rollout, adapters merged into the gathered weights and the
+    originals copied back: the ranks stay in sync."""
+    red("train", *QUICK, "generation=static", "policy.lora.r=4", "policy.lora.alpha=8",
+        "deepspeed=zero3", "launcher.nproc_per_node=2", "ppo.iterations=2", "hydra.run.dir=run",
+        cwd=tmp_path)
     run = tmp_path / "run"
     assert runs.read_status(run) == "complete"
     assert len(read_metrics(run / "metrics.jsonl")) == 2
+    sums = json.loads((run / "rank_checksums.json").read_text())
+    for name in ("policy", "critic"):
+        assert len(sums[name]) == 2 and sums[name][0] == sums[name][1], sums
