@@ -219,7 +219,7 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict, modes: list[
              for m in modes}
     gen_cfg = OmegaConf.structured(GenerationConfig(backend=backend))
     generator = build_generator(gen_cfg, tokenizer, Sampling(p.max_new_tokens), device, policy)
-    print(f"  {model}: generation {describe(generator, device)}", file=sys.stderr, flush=True)
+    print(f"  {model}: generation {describe(generator, device, backend)}", file=sys.stderr, flush=True)
     stream = PromptStream(load_prompts("toy:prompts_train", "train", "prompt"), tokenizer,
                           global_batch=p.rollout_batch_size, rank=0, world_size=1, seed=seed,
                           max_prompt_length=16)
@@ -254,7 +254,7 @@ def bench_model(model: str, rounds: int, seed: int, variants: dict, modes: list[
     n = lambda m: sum(x.numel() for x in m.parameters())  # noqa: E731
     return dict(results=results, tokens=tokens, p=p, policy_params=n(policy), rm_params=n(rm),
                 critic_params=n(critic), device=str(device), dtype=dtype,
-                generation=describe(generator, device))
+                generation=describe(generator, device, backend))
 
 
 def table(model: str, out: dict, base_variant: str) -> str:

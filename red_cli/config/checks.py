@@ -51,7 +51,6 @@ class Collector:
         self.require(value in choices, key, value, "must be one of " + ", ".join(choices))
 
 
-
 def _check_generation(c, gen: Any) -> None:
     """generation.backend, and the knobs of every backend it may run (auto: all of them)."""
     c.choice("generation.backend", gen.backend, backend_choices())
@@ -60,6 +59,7 @@ def _check_generation(c, gen: Any) -> None:
                  else []):
         for key, value, allowed in backends[name].check(gen[name]):
             c.errors.append(f"generation.{name}.{key}={value!r}: {allowed}")
+
 
 def looks_local(path: str) -> bool:
     """A path the user means as a file or folder here (hub ids like `org/name-1.5` are not)."""

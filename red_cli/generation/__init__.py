@@ -58,13 +58,11 @@ def build_generator(gen_cfg, tokenizer, sampling: Sampling, device: torch.device
         raise ValueError(f"generation.backend={gen_cfg.backend!r}: must be one of "
                          + ", ".join(backend_choices()))
     backend = backends[resolve(gen_cfg.backend, device, model)]
-    generator = backend.build(gen_cfg[backend.name], tokenizer, sampling)
-    generator.auto = gen_cfg.backend == AUTO
-    return generator
+    return backend.build(gen_cfg[backend.name], tokenizer, sampling)
 
 
-def describe(generator: Generator, device: torch.device | str) -> str:
+def describe(generator: Generator, device: torch.device | str, chosen: str) -> str:
     """What a start-up line says of the generator: its backend, how it runs, and whether
-    ``auto`` chose it."""
+    ``auto`` chose it (``chosen``: the ``generation.backend`` it was built from)."""
     text = generator.describe(torch.device(device))
-    return text + (" (auto)" if getattr(generator, "auto", False) else "")
+    return text + (" (auto)" if chosen == AUTO else "")

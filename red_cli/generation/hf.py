@@ -40,5 +40,6 @@ class HFGenerator:
             )
         return from_samples(tok, prompts, query_ids, query_mask, out[:, query_ids.shape[1]:], eos)
 
+
 BACKEND = Backend(name="hf", knobs=HFConfig, build=lambda knobs, tok, s: HFGenerator(tok, s),
                   summary="transformers' generate with its dynamic KV cache")

@@ -125,7 +125,8 @@ def train(cfg: DictConfig, run_dir: Path, resume: bool = False,
         log.info("run %s: %s, rm %s%s, generation %s, estimator %s%s, %d rank(s), %d prompts%s",
                  run_dir, m.mode.name, cfg.reward_model.name,
                  f", cost model {cfg.cost_model.name} (limit {lag.cost_limit:g})" if m.cost
-                 else "", describe(generator, dist.device), estimator.name,
+                 else "", describe(generator, dist.device, cfg.generation.backend),
+                 estimator.name,
                  f" (critic from {m.critic_init})" if m.critic is not None else "",
                  dist.world_size, len(stream.items),
                  f", {threads} thread(s)" if dist.device.type == "cpu" else "")
