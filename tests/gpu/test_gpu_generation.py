@@ -9,23 +9,13 @@ import logging
 import pytest
 import torch
 
-from tests.unit.test_generation_static import PROMPTS, chi2_p_value, counts, sample, tiny
+from tests.unit.test_generation_static import chi2_p_value, counts, generator, sample, tiny
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 BACKENDS = [("hf", {}), ("static", {"compile": "off"}), ("static", {"compile": "on"})]
 IDS = ["hf", "static-eager", "static-compiled"]
-
-
-def _sample(backend, knobs, model, sampling, seed, prompts=PROMPTS):
-    from red_cli.data import left_pad
-    from tests.unit.test_generation_static import PAD, generator
-
-    query, qmask = left_pad(prompts, pad_id=PAD)
-    torch.manual_seed(seed)
-    gen = generator(backend, sampling, **knobs)
-    return gen.generate(model, [""] * len(prompts), query.cuda(), qmask.cuda())
 
 
 @pytest.mark.parametrize("backend,knobs", BACKENDS, ids=IDS)
@@ -37,8 +27,8 @@ def test_greedy_matches_hf_on_gpu(backend, knobs, kind):
     greedy = Sampling(12, top_k=1)
     on_cpu = sample("hf", model, greedy, seed=0)
     model = model.cuda()
-    ref = _sample("hf", {}, model, greedy, seed=0)
-    got = _sample(backend, knobs, model, greedy, seed=0)
+    ref = sample("hf", model, greedy, seed=0)
+    got = sample(backend, model, greedy, seed=0, **knobs)
     assert torch.equal(got.response_ids, ref.response_ids)
     # The tiny models' argmax is far from ties: the GPU's path is the CPU's.
     assert torch.equal(ref.response_ids.cpu(), on_cpu.response_ids)
@@ -52,16 +42,11 @@ def test_frequencies_match_hf_on_gpu(backend, knobs, dtype):
     model = tiny("gpt2").to("cuda", dtype)
     prompts = [[1, 5, 6], [1, 11]] * 1000
     sampling = Sampling(3, temperature=0.9, top_p=0.95)
-    ref = _sample("hf", {}, model, sampling, seed=1, prompts=prompts)
+    ref = sample("hf", model, sampling, seed=1, prompts=prompts)
     # Three rollouts through the same generator: a replayed graph must keep sampling right.
-    from red_cli.data import left_pad
-    from tests.unit.test_generation_static import PAD, generator
-
     gen = generator(backend, sampling, **knobs)
-    query, qmask = left_pad(prompts, pad_id=PAD)
     for seed in (2, 3, 4):
-        torch.manual_seed(seed)
-        got = gen.generate(model, [""] * len(prompts), query.cuda(), qmask.cuda())
+        got = sample(backend, model, sampling, seed=seed, prompts=prompts, gen=gen)
         for position in range(3):
             assert chi2_p_value(counts(ref, position).cpu(), counts(got, position).cpu()) > 1e-3
 

@@ -60,11 +60,16 @@ def generator(backend: str, sampling: Sampling, **knobs):
     return build_generator(cfg, Tok(), sampling)
 
 
-def sample(backend: str, model, sampling: Sampling, seed: int, prompts=PROMPTS, **knobs):
+def sample(backend: str, model, sampling: Sampling, seed: int, prompts=PROMPTS, gen=None,
+           **knobs):
+    """A rollout of ``prompts`` on the model's device from ``seed``, by ``gen`` when given (a
+    generator kept across rollouts), else by a new one of ``backend`` with ``knobs``."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     query, qmask = left_pad(prompts, pad_id=PAD)
     torch.manual_seed(seed)
-    return generator(backend, sampling, **knobs).generate(model, [""] * len(prompts), query,
-                                                          qmask)
+    gen = gen or generator(backend, sampling, **knobs)
+    return gen.generate(model, [""] * len(prompts), query.to(device), qmask.to(device))
 
 
 SAMPLINGS = [Sampling(12), Sampling(12, temperature=0.7, top_k=5, top_p=0.9),
@@ -128,11 +133,8 @@ def test_stop_check_every_does_not_change_tokens():
 def test_the_kept_cache_gives_the_tokens_of_a_fresh_one():
     model = tiny("llama")
     gen = generator("static", Sampling(12))
-    query, qmask = left_pad(PROMPTS, pad_id=PAD)
-    torch.manual_seed(0)
-    gen.generate(model, [""] * 6, query, qmask)
-    torch.manual_seed(1)
-    second = gen.generate(model, [""] * 6, query, qmask)  # the same cache, reset
+    sample("static", model, Sampling(12), seed=0, gen=gen)
+    second = sample("static", model, Sampling(12), seed=1, gen=gen)  # the same cache, reset
     fresh = sample("static", model, Sampling(12), seed=1)
     assert torch.equal(second.response_ids, fresh.response_ids)
 
@@ -247,7 +249,8 @@ def test_auto_picks_static_on_cuda_for_supported_models_only():
     assert static_supports(model) and not static_supports(NoCache())
     assert resolve("auto", "cuda", NoCache()) == "hf"
     gen = generator("auto", Sampling(4))
-    assert gen.name == "hf" and describe(gen, "cpu").endswith("(auto)")
+    assert gen.name == "hf" and describe(gen, "cpu", "auto").endswith("(auto)")
+    assert not describe(gen, "cpu", "hf").endswith("(auto)")
     assert "CUDA graph" in generator("static", Sampling(4)).describe(torch.device("cuda"))
     assert "eager" in generator("static", Sampling(4)).describe(torch.device("cpu"))
 
@@ -277,12 +280,9 @@ def test_a_failing_compiler_falls_back_to_the_eager_step(monkeypatch, caplog):
     monkeypatch.setattr(static.torch, "compile", broken_compile)
     model = tiny("gpt2")
     gen = generator("static", Sampling(12), compile="on")
-    query, qmask = left_pad(PROMPTS, pad_id=PAD)
     with caplog.at_level("WARNING", logger="red"):
-        torch.manual_seed(0)
-        first = gen.generate(model, [""] * 6, query, qmask)
-        torch.manual_seed(0)
-        second = gen.generate(model, [""] * 6, query, qmask)
+        first = sample("static", model, Sampling(12), seed=0, gen=gen)
+        second = sample("static", model, Sampling(12), seed=0, gen=gen)
     assert len(calls) == 1 and caplog.text.count("compiling the decode step failed") == 1
     assert torch.equal(second.response_ids, sample("hf", model, Sampling(12), seed=0).response_ids)
     assert first.response_mask.any(1).all()
